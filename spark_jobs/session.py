@@ -1,0 +1,122 @@
+"""One place that builds the SparkSession: Delta Lake on, S3A configurable, quiet logs.
+
+Credentials for S3 are never read from files in the repository: S3A takes them from the
+environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN), the AWS profile
+(``~/.aws``) or the instance role, through its default provider chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spark_jobs import jars
+
+log = logging.getLogger(__name__)
+LOG4J_CONF = Path(__file__).resolve().parent / "log4j2.properties"
+
+
+@dataclass
+class S3Config:
+    """S3A settings; leave ``endpoint`` empty for AWS itself."""
+
+    endpoint: str = ""
+    path_style: bool = False
+    region: str = ""
+    ssl: bool = True
+    # The default chain: env vars, then ~/.aws profile, then instance/container role.
+    credentials_provider: str = (
+        "com.amazonaws.auth.EnvironmentVariableCredentialsProvider,"
+        "com.amazonaws.auth.profile.ProfileCredentialsProvider,"
+        "com.amazonaws.auth.InstanceProfileCredentialsProvider"
+    )
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "medmod"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    log_level: str = "WARN"
+    s3: S3Config = field(default_factory=S3Config)
+    # Any other spark.* setting, passed through verbatim.
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _s3a_conf(cfg: S3Config) -> dict[str, str]:
+    conf = {
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": cfg.credentials_provider,
+        "spark.hadoop.fs.s3a.path.style.access": str(cfg.path_style).lower(),
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(cfg.ssl).lower(),
+        # s3:// URLs as users write them mean the same bucket through S3A.
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+    }
+    if cfg.endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = cfg.endpoint
+    if cfg.region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = cfg.region
+    return conf
+
+
+def spark_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The full spark.* mapping for ``cfg`` (pure: no session is started)."""
+    missing = jars.missing()
+    if missing:
+        names = ", ".join(a.filename for a in missing)
+        raise RuntimeError(
+            f"Spark jars missing from {jars.jars_dir()}: {names}. Run `make setup` "
+            f"(or `python -m spark_jobs.jars fetch`) once while online."
+        )
+    # The driver's python must also be the executors' python (venv), also on a cluster.
+    conf = {
+        "spark.jars": ",".join(str(p) for p in jars.local_paths()),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
+        "spark.executor.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
+    }
+    conf.update(_s3a_conf(cfg.s3))
+    conf.update(cfg.extra)
+    return conf
+
+
+def build_spark(cfg: SparkConfig | None = None):
+    """Return a SparkSession for ``cfg`` (local[*] by default; any spark:// master works)."""
+    from pyspark.sql import SparkSession
+
+    cfg = cfg or SparkConfig()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(cfg.app_name)
+    # Under spark-submit the master comes from the command line; do not fight it.
+    if not _under_spark_submit():
+        builder = builder.master(cfg.master)
+    for key, value in spark_conf(cfg).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    _quiet_py4j()
+    log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
+    return spark
+
+
+def _under_spark_submit() -> bool:
+    """True when spark-submit started this driver (its JVM launched us and owns the master)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _quiet_py4j() -> None:
+    logging.getLogger("py4j").setLevel(logging.WARNING)
