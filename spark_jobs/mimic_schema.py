@@ -133,7 +133,12 @@ _D_ITEMS = (
 
 
 def _d_labitems(with_loinc: bool) -> tuple[Column, ...]:
-    cols: list[Column] = [("itemid", "long"), ("label", "string"), ("fluid", "string"), ("category", "string")]
+    cols: list[Column] = [
+        ("itemid", "long"),
+        ("label", "string"),
+        ("fluid", "string"),
+        ("category", "string"),
+    ]
     if with_loinc:
         cols.append(("loinc_code", "string"))
     return tuple(cols)

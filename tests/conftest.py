@@ -14,3 +14,42 @@ def spark():
     )
     yield session
     session.stop()
+
+
+# The synthetic fixture: 300 patients (issue 2's test size), generated once per test session.
+SYNTH_PATIENTS = 300
+SYNTH_IMAGE_SIZE = 256
+
+
+@pytest.fixture(scope="session")
+def synth_root(spark, tmp_path_factory):
+    from spark_jobs.synth_mimic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth") / "mimic"
+    cfg = SynthConfig(out=str(out), patients=SYNTH_PATIENTS, seed=0, image_size=SYNTH_IMAGE_SIZE)
+    counts = generate(cfg, spark)
+    return out, cfg, counts
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 (free port) for the whole session; yields its endpoint URL.
+
+    Fake credentials go into the environment for Python clients (boto3, s3fs). Spark's JVM may
+    have started before this fixture and cannot see later environment changes, so tests give
+    S3A the same values through per-bucket Hadoop settings on the shared session.
+    """
+    from moto.server import ThreadedMotoServer
+
+    env = pytest.MonkeyPatch()
+    env.setenv("AWS_ACCESS_KEY_ID", "testing")
+    env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    env.delenv("AWS_SESSION_TOKEN", raising=False)
+    env.delenv("AWS_PROFILE", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    env.undo()
