@@ -62,15 +62,11 @@ def _part_path(out: str, table: str, chunk: int) -> str:
 
 
 def _render_images(cfg: SynthConfig, jobs: list[ImageJob]) -> int:
-    from PIL import Image
-
     from spark_jobs.synth.cxr_render import encode_jpeg, render_cxr
 
     fs, root = fsspec.core.url_to_fs(cfg.out)
     for job in jobs:
         arr = render_cxr(job.findings, job.seed, long_side=cfg.image_size, view=job.view)
-        if arr.shape != job.shape:
-            arr = np.asarray(Image.fromarray(arr).resize((job.shape[1], job.shape[0]), Image.BILINEAR))
         path = f"{root}/{job.relpath}"
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(path, "wb") as fh:

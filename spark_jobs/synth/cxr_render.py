@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["FINDINGS", "encode_jpeg", "render_cxr"]
+__all__ = ["FINDINGS", "encode_jpeg", "image_shape", "render_cxr"]
 
 FINDINGS = (
     "cardiomegaly",
@@ -83,6 +83,12 @@ def render_cxr(
         devices = _devices_layer(pose, anatomy, severities["support_devices"], rngs["support_devices"])
         image += (1 - image) * devices  # metal: towards white whatever lies behind it
     return (image * 255 + 0.5).astype(np.uint8)
+
+
+def image_shape(seed: int, long_side: int = 512) -> tuple[int, int]:
+    """(H, W) that :func:`render_cxr` gives for ``seed`` — without rendering (for metadata)."""
+    _check_seed_and_size(seed, long_side)
+    return _frame_shape(np.random.default_rng([seed, _STREAM_ANATOMY]), long_side)
 
 
 def encode_jpeg(arr: np.ndarray, quality: int = 90) -> bytes:

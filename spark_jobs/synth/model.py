@@ -715,7 +715,6 @@ class Image:
     seed: int
     stay_id: int | None
     hadm_id: int | None
-    aspect: float  # rows / columns of the radiograph
 
 
 def study_findings(rng, latents: dict[str, float] | None, drift: float, ventilated: bool) -> dict[str, float]:
@@ -765,7 +764,6 @@ def simulate_studies(cfg: ModelConfig, patient: Patient) -> list[Image]:
                     seed,
                     stay_id,
                     hadm_id,
-                    float(rng.uniform(0.82, 1.22)),
                 )
             )
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from spark_jobs.mimic_schema import CHEXPERT_LABELS, CXR_TABLES, cxr_image_relpath, mimic_iv_tables
 from spark_jobs.synth import model as M
+from spark_jobs.synth.cxr_render import image_shape
 
 TRUTH_COLUMNS = {
     "stays": [
@@ -58,14 +59,6 @@ class ImageJob:
     findings: dict[str, float]
     seed: int
     view: str
-    shape: tuple[int, int]  # (rows, columns) of the JPEG
-
-
-def image_shape(aspect: float, long_side: int) -> tuple[int, int]:
-    """(rows, columns) for an aspect ratio rows/columns, with the longer side = ``long_side``."""
-    if aspect >= 1:
-        return long_side, max(8, round(long_side / aspect))
-    return max(8, round(long_side * aspect)), long_side
 
 
 def _ts(seconds: int | None) -> str:
@@ -237,7 +230,7 @@ def _add_image(
     image_size: int, p: M.Patient, img: M.Image, rng, metadata, chexpert, splits, truth_images, jobs
 ) -> None:
     # Rows/Columns are those of the JPEG that will be written (long side = image_size).
-    rows, cols = image_shape(img.aspect, image_size)
+    rows, cols = image_shape(img.seed, image_size)
     relpath = cxr_image_relpath(p.subject_id, img.study_id, img.dicom_id)
     when = pd.Timestamp(img.time, unit="s")
     study_time = when.hour * 10000 + when.minute * 100 + when.second + round(rng.random() * 0.998, 3)
@@ -292,7 +285,7 @@ def _add_image(
             **{f"finding_{k}": v for k, v in img.findings.items()},
         }
     )
-    jobs.append(ImageJob(relpath, img.findings, img.seed, img.view or "AP", (rows, cols)))
+    jobs.append(ImageJob(relpath, img.findings, img.seed, img.view or "AP"))
 
 
 def _cxr_split(subject_id: int) -> str:
