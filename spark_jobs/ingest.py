@@ -1,0 +1,621 @@
+"""Bronze: raw MIMIC-IV / MIMIC-CXR tables -> typed DataFrames, with a quarantine.
+
+Raw files are read as text with an explicit all-string schema and typed afterwards, because a
+reader that casts while parsing turns a garbage value into a silent null. Here every non-blank
+value that does not parse, every row without the ids the benchmark joins on and every line with
+the wrong number of fields goes to the quarantine with a reason (``quality.Checked``), so that
+rows in = rows kept + rows rejected holds for every table.
+
+Where the files are is found through the Hadoop FileSystem of Spark's own JVM, so local paths,
+HDFS and ``s3a://`` / ``s3://`` URLs go through one code path and see exactly what Spark reads.
+Failures about input files (missing table, header without a declared column, truncated gzip)
+are raised as :class:`IngestError` subclasses that name the file, not as a Java traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from spark_jobs.mimic_schema import CXR_TABLES, RawTable, mimic_iv_tables
+from spark_jobs.quality import Checked, empty_rejects, rejects
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import DataType
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+CORRUPT = "_corrupt_record"
+SOURCE = "_source"
+QUARANTINE = "quarantine"
+EVENT_TABLES = frozenset({"chartevents", "labevents"})
+DEFAULT_TABLES = (
+    "patients",
+    "admissions",
+    "icustays",
+    "chartevents",
+    "labevents",
+    "diagnoses_icd",
+    "metadata",
+    "chexpert",
+    "split",
+)
+
+# Ids a row is useless without: the joins of the later stages. Everything else may be null
+# (labevents.hadm_id often is; chartevents.hadm_id is not needed once stay_id is there).
+REQUIRED_IDS: dict[str, tuple[str, ...]] = {
+    "patients": ("subject_id",),
+    "admissions": ("subject_id", "hadm_id"),
+    "icustays": ("subject_id", "hadm_id", "stay_id"),
+    "chartevents": ("subject_id", "stay_id", "itemid"),
+    "labevents": ("subject_id", "itemid"),
+    "diagnoses_icd": ("subject_id", "hadm_id"),
+    "d_icd_diagnoses": ("icd_code",),
+    "d_items": ("itemid",),
+    "d_labitems": ("itemid",),
+    "metadata": ("dicom_id", "subject_id", "study_id"),
+    "chexpert": ("subject_id", "study_id"),
+    "split": ("dicom_id", "study_id", "subject_id"),
+}
+
+_SQL_TYPES = {"long": "bigint", "int": "int", "double": "double", "timestamp": "timestamp", "date": "date"}
+# The raw formats MIMIC writes (plus 'T' and fractional seconds, as other exports do). Spark's own
+# cast is far more lenient ('2180', '2180-01-01', time zones) and would accept garbage silently.
+_DATE_RE = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_TIMESTAMP_RE = "^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?$"
+
+
+class IngestError(Exception):
+    """An input problem the user has to fix; the message names the file."""
+
+
+class MissingInputError(IngestError, FileNotFoundError):
+    """A raw table is not where the layout says, under any of the accepted names."""
+
+
+class HeaderError(IngestError, ValueError):
+    """A csv header lacks a declared column (or repeats one)."""
+
+
+class CorruptInputError(IngestError):
+    """A file exists but cannot be read: truncated or corrupt compression, bad parquet, ..."""
+
+
+class Located(NamedTuple):
+    """Where a raw table was found: the matched path, its format and the data files it holds."""
+
+    path: str
+    format: Literal["csv", "parquet"]
+    files: tuple[str, ...]
+
+
+@dataclass
+class IngestConfig:
+    """What the bronze stage reads.
+
+    ``raw`` is the MIMIC-IV root (the folder holding ``hosp/`` and ``icu/``, or ``core/`` for
+    v1.0), ``cxr`` the MIMIC-CXR-JPG root holding ``mimic-cxr-2.0.0-*.csv.gz``. Both may be
+    local paths or ``s3a://`` / ``s3://`` URLs. ``itemids``: keep only these items of the events
+    tables (None keeps all).
+    """
+
+    raw: str
+    cxr: str
+    layout: Literal["auto", "v1", "v2", "v3"] = "auto"
+    tables: list[str] = field(default_factory=lambda: list(DEFAULT_TABLES))
+    itemids: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        known = set(mimic_iv_tables("v2")) | set(CXR_TABLES)
+        unknown = [t for t in self.tables if t not in known]
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; known: {sorted(known)}")
+
+
+# --- file system -------------------------------------------------------------------------------
+
+
+class _HadoopFs:
+    """The few file-system calls ingest needs, through Spark's JVM (local, hdfs, s3a alike)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self._jvm = spark._jvm
+        self._conf = spark._jsc.hadoopConfiguration()
+
+    def _path(self, path: str):
+        p = self._jvm.org.apache.hadoop.fs.Path(path)
+        return p, p.getFileSystem(self._conf)
+
+    def kind(self, path: str) -> Literal["file", "dir"] | None:
+        p, fs = self._path(path)
+        if not fs.exists(p):
+            return None
+        return "dir" if fs.getFileStatus(p).isDirectory() else "file"
+
+    def list_files(self, path: str) -> list[str]:
+        """Data files directly in a folder; ``_SUCCESS``, ``.crc`` and other hidden files skipped."""
+        p, fs = self._path(path)
+        out = []
+        for status in fs.listStatus(p):
+            name = status.getPath().getName()
+            if status.isFile() and not name.startswith(("_", ".")):
+                out.append(status.getPath().toString())
+        return sorted(out)
+
+    def glob(self, pattern: str) -> list[str]:
+        p, fs = self._path(pattern)
+        return [s.getPath().toString() for s in (fs.globStatus(p) or [])]
+
+    def _open(self, path: str):
+        """An input stream, decompressed by the codec its name implies (as Spark would)."""
+        p, fs = self._path(path)
+        codec = self._jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(self._conf).getCodec(p)
+        stream = fs.open(p)
+        return codec.createInputStream(stream) if codec is not None else stream
+
+    def first_line(self, path: str) -> str | None:
+        stream = self._open(path)
+        try:
+            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            return reader.readLine()
+        finally:
+            stream.close()
+
+    def read_through(self, path: str) -> None:
+        """Decompress the whole file and discard it; raises where the data is broken."""
+        stream = self._open(path)
+        try:
+            # DecompressorStream.skip takes a long but counts in an int: skip in int-sized steps.
+            step = 2**31 - 1
+            while stream.skip(step) == step:
+                pass
+        finally:
+            stream.close()
+
+
+def _join(root: str, rel: str) -> str:
+    return f"{root.rstrip('/')}/{rel}"
+
+
+def _is_compressed(path: str) -> bool:
+    return path.endswith((".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate"))
+
+
+# --- layout and location -----------------------------------------------------------------------
+
+
+def detect_layout(spark: SparkSession, root: str) -> Literal["v1", "v2"]:
+    """``v1`` when patients sit under ``core/`` (MIMIC-IV 1.0), else ``v2``.
+
+    v2 and v3 share their column set and paths, so they cannot (and need not) be told apart;
+    say ``layout: v3`` in the config to record which one it is.
+    """
+    fs = _HadoopFs(spark)
+    if fs.glob(_join(root, "core/patients*")):
+        return "v1"
+    if fs.glob(_join(root, "hosp/patients*")):
+        return "v2"
+    raise MissingInputError(
+        f"no MIMIC-IV patients table under {root}: tried {_join(root, 'core/patients*')} (v1.0) "
+        f"and {_join(root, 'hosp/patients*')} (v2/v3)"
+    )
+
+
+def resolve_layout(spark: SparkSession, root: str, layout: str) -> str:
+    """The configured layout, or the detected one for ``auto``."""
+    if layout == "auto":
+        return detect_layout(spark, root)
+    mimic_iv_tables(layout)  # raises on an unknown layout
+    return layout
+
+
+def locate(spark: SparkSession, root: str, table: RawTable) -> Located:
+    """Find ``table`` under ``root``; the first that exists wins, in this order.
+
+    ``<rel>.csv.gz``, ``<rel>.csv`` (file or folder of parts), folder ``<rel>/`` (csv or parquet
+    parts), ``<rel>.parquet`` (file or folder). Fails at once, listing every path tried, because a
+    missing table found only at the end of a long job wastes the job.
+    """
+    fs = _HadoopFs(spark)
+    base = _join(root, table.relpath)
+    tried: list[str] = []
+    candidates: tuple[tuple[str, str | None], ...] = (
+        (f"{base}.csv.gz", "csv"),
+        (f"{base}.csv", "csv"),
+        (base, None),
+        (f"{base}.parquet", "parquet"),
+    )
+    for path, fmt in candidates:
+        kind = fs.kind(path)
+        if kind == "file" and fmt is not None:
+            return Located(path, fmt, (path,))
+        if kind == "dir":
+            files = fs.list_files(path)
+            csv_parts = [f for f in files if f.endswith((".csv", ".csv.gz"))]
+            parquet_parts = [f for f in files if f.endswith(".parquet")]
+            if fmt is None:
+                fmt = "parquet" if parquet_parts else "csv"
+                parts = parquet_parts or csv_parts
+            else:
+                # A folder named like a file is a Spark-style output: all its visible files are parts.
+                parts = (parquet_parts if fmt == "parquet" else csv_parts) or files
+            if parts:
+                return Located(path, fmt, tuple(parts))
+            tried.append(f"{path} (folder without .csv, .csv.gz or .parquet files)")
+            continue
+        tried.append(path if kind is None else f"{path} (file of unknown format)")
+    raise MissingInputError(f"table {table.name!r} not found under {root}; tried:\n  " + "\n  ".join(tried))
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _q(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _csv_header(fs: _HadoopFs, files: Sequence[str]) -> tuple[str, list[str]]:
+    """(file, column names) of the first part with a header; empty parts are skipped."""
+    for path in files:
+        with _naming_files([path], what="reading the header of", only_inputs=True):
+            line = fs.first_line(path)
+        if line:
+            names = next(csv.reader([line]))
+            if names:
+                names[0] = names[0].lstrip("\ufeff")
+            return path, names
+    raise CorruptInputError(f"no header line in any of: {', '.join(files)}")
+
+
+def _match_columns(table: RawTable, available: Sequence[str], where: str) -> dict[str, str]:
+    """{declared name: name in the file}, matched case-insensitively like Spark resolves names."""
+    by_lower: dict[str, list[str]] = {}
+    for name in available:
+        by_lower.setdefault(name.strip().lower(), []).append(name)
+    missing = [c for c in table.column_names if c.lower() not in by_lower]
+    if missing:
+        raise HeaderError(
+            f"{where}: missing column(s) {', '.join(missing)} of table {table.name!r} "
+            f"(found: {', '.join(available)})"
+        )
+    repeated = [c for c in table.column_names if len(by_lower[c.lower()]) > 1]
+    if repeated:
+        raise HeaderError(f"{where}: column(s) {', '.join(repeated)} appear more than once")
+    return {c: by_lower[c.lower()][0] for c in table.column_names}
+
+
+def _read_csv(spark: SparkSession, loc: Located, table: RawTable) -> DataFrame:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    header_file, names = _csv_header(_HadoopFs(spark), loc.files)
+    mapping = _match_columns(table, names, header_file)
+    if len(set(names)) != len(names):
+        raise HeaderError(f"{header_file}: repeated column names in header {names}")
+    schema = StructType([StructField(n, StringType()) for n in names] + [StructField(CORRUPT, StringType())])
+    df = (
+        spark.read.schema(schema)
+        .option("header", True)
+        # Every part's header is checked against the first one's, by Spark, by name and order.
+        .option("enforceSchema", False)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+        # With pruning on, Spark tokenizes only the referenced columns and no longer notices a
+        # line with too few / too many fields: _corrupt_record would depend on the query.
+        .option("columnPruning", False)
+        # RFC 4180 as PostgreSQL (MIMIC's source) writes it: a quote inside a field is doubled.
+        .option("escape", '"')
+        .csv(list(loc.files))
+    )
+    return df.select(
+        *[F.col(_q(mapping[c])).alias(c) for c in table.column_names],
+        F.col(CORRUPT),
+        F.input_file_name().alias(SOURCE),
+    )
+
+
+def _read_parquet(spark: SparkSession, loc: Located, table: RawTable) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    with _naming_files(loc.files, what="reading the parquet footer of", only_inputs=True):
+        df = spark.read.parquet(loc.path)
+    mapping = _match_columns(table, df.columns, loc.path)
+    return df.select(
+        *[F.col(_q(mapping[c])).alias(c) for c in table.column_names],
+        F.input_file_name().alias(SOURCE),
+    )
+
+
+def read_raw(
+    spark: SparkSession, loc: Located, table: RawTable, source_filter: Column | None = None
+) -> DataFrame:
+    """The located table with the declared columns by name (csv: all strings, + ``_corrupt_record``)
+    and ``_source``; ``source_filter`` (over these raw columns) is applied before any check."""
+    raw = _read_csv(spark, loc, table) if loc.format == "csv" else _read_parquet(spark, loc, table)
+    return raw if source_filter is None else raw.where(source_filter)
+
+
+def read_table(
+    spark: SparkSession, root: str, table: RawTable, source_filter: Column | None = None
+) -> Checked:
+    """``table`` under ``root``, typed, with its unparseable rows rejected (see :func:`apply_types`).
+
+    ``source_filter`` is a predicate over the raw columns (strings for csv) to read a subset, e.g.
+    some subjects; rows it drops are outside the bookkeeping (rows in = kept + rejected after it).
+    Missing table, missing header columns and unreadable headers fail here, before any job.
+    """
+    loc = locate(spark, root, table)
+    log.info("ingest %s: %s (%s, %d file(s))", table.name, loc.path, loc.format, len(loc.files))
+    return apply_types(read_raw(spark, loc, table, source_filter), table)
+
+
+# --- typing (pure) ------------------------------------------------------------------------------
+
+
+def _typed(name: str, logical: str, source_type: DataType) -> tuple[Column, Column]:
+    """(value in the logical type or null, "a raw value is present") for one column.
+
+    A present value whose typed value is null is bad. ``try_cast`` keeps this independent of
+    ``spark.sql.ansi.enabled``; strings are checked against the declared formats first, typed
+    (parquet) values must survive a round trip, so 1.5 never becomes the id 1.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BinaryType, DateType, StringType, TimestampNTZType, TimestampType
+
+    col = _q(name)
+    if isinstance(source_type, StringType | BinaryType):
+        s = f"trim(cast({col} as string))"
+        present = F.expr(f"{s} <> ''")
+        if logical == "string":
+            return F.col(col).cast("string"), present
+        sql_type = _SQL_TYPES[logical]
+        if logical in ("long", "int"):
+            # '12.0' (pandas writes integer columns with nulls as floats) is 12; '12.5' is not.
+            value = f"try_cast(regexp_replace({s}, '[.]0+$', '') as {sql_type})"
+        elif logical == "timestamp":
+            value = f"CASE WHEN {s} RLIKE '{_TIMESTAMP_RE}' THEN try_cast({s} as timestamp) END"
+        elif logical == "date":
+            value = (
+                f"CASE WHEN {s} RLIKE '{_DATE_RE}' THEN try_cast({s} as date) "
+                f"WHEN {s} RLIKE '{_TIMESTAMP_RE}' AND try_cast({s} as timestamp) IS NOT NULL "
+                f"THEN try_cast(substr({s}, 1, 10) as date) END"
+            )
+        else:
+            value = f"try_cast({s} as {sql_type})"
+        return F.expr(value), present
+    present = F.col(col).isNotNull()
+    if logical == "string":
+        return F.col(col).cast("string"), present
+    if logical == "date" and isinstance(source_type, DateType | TimestampType | TimestampNTZType):
+        return F.to_date(F.col(col)), present
+    cast = F.expr(f"try_cast({col} as {_SQL_TYPES[logical]})")
+    return F.when(cast.cast(source_type).eqNullSafe(F.col(col)), cast), present
+
+
+def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
+    """``raw`` plus the typed values ``__v<i>`` and the one ``__reason`` (null: keep)."""
+    from pyspark.sql import functions as F
+
+    source_types = {f.name: f.dataType for f in raw.schema.fields}
+    names = table.column_names
+    parsed = [_typed(c, logical, source_types[c]) for c, logical in table.columns]
+    tagged = raw.select(
+        "*",
+        *[value.alias(f"__v{i}") for i, (value, _) in enumerate(parsed)],
+        *[present.alias(f"__p{i}") for i, (_, present) in enumerate(parsed)],
+    )
+    index = {c: i for i, c in enumerate(names)}
+    checks: list[Column] = []
+    if CORRUPT in source_types:
+        checks.append(F.when(F.col(CORRUPT).isNotNull(), F.lit("malformed_line")))
+    default_ids = ("subject_id",) if "subject_id" in index else ()
+    for c in REQUIRED_IDS.get(table.name, default_ids):
+        checks.append(F.when(~F.coalesce(F.col(f"__p{index[c]}"), F.lit(False)), F.lit(f"null_id:{c}")))
+    for i, (_, logical) in enumerate(table.columns):
+        bad = F.coalesce(F.col(f"__p{i}"), F.lit(False)) & F.col(f"__v{i}").isNull()
+        checks.append(F.when(bad, F.lit(f"bad_{logical}:{names[i]}")))
+    return tagged.withColumn("__reason", F.coalesce(*checks))
+
+
+def _split(tagged: DataFrame, raw_columns: list[str], table: RawTable) -> Checked:
+    from pyspark.sql import functions as F
+
+    kept = tagged.where(F.col("__reason").isNull()).select(
+        *[F.col(f"__v{i}").alias(c) for i, c in enumerate(table.column_names)],
+        *([F.col(SOURCE)] if SOURCE in raw_columns else []),
+    )
+    bad_rows = tagged.where(F.col("__reason").isNotNull())
+    return Checked(kept, rejects(bad_rows, STAGE, table.name, F.col("__reason"), raw_columns))
+
+
+def apply_types(raw: DataFrame, table: RawTable) -> Checked:
+    """Cast ``raw``'s declared columns to their logical types; reject what does not parse.
+
+    One reason per rejected row, the first that applies: ``malformed_line`` (csv line with the
+    wrong number of fields), ``null_id:<col>`` (a required id is missing, see ``REQUIRED_IDS``),
+    ``bad_<type>:<col>`` (a present value does not parse; never silently nulled). A single reason
+    column decides both halves, so rows in = kept + rejected. Kept rows have the declared columns
+    in declared order plus ``_source``; rejected ones carry the raw row (as read) as JSON.
+    """
+    return _split(_tag(raw, table), list(raw.columns), table)
+
+
+def filter_items(df: DataFrame, itemids: Sequence[int] | None) -> DataFrame:
+    """Events of the benchmark's items only. Not a reject: the other items are simply unused."""
+    from pyspark.sql import functions as F
+
+    if itemids is None:
+        return df
+    return df.where(F.col("itemid").isin([int(i) for i in itemids]))
+
+
+# --- errors at the boundary ---------------------------------------------------------------------
+
+
+def _java_cause(exc: BaseException) -> str:
+    """The innermost Java exception as 'Class: message' (its first lines), else str(exc)."""
+    jexc = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    if jexc is None:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    while jexc.getCause() is not None:
+        jexc = jexc.getCause()
+    lines = str(jexc.toString()).splitlines()
+    return "\n".join(lines[:8])
+
+
+def _full_text(exc: BaseException) -> str:
+    jexc = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    parts = [str(exc)]
+    while jexc is not None:
+        parts.append(str(jexc.toString()))
+        jexc = jexc.getCause()
+    return "\n".join(parts)
+
+
+def _bare(path: str) -> str:
+    """'file:/a/b' / 'file:///a/b' / 's3a://bkt/k' -> 'a/b' / 'bkt/k', to find a path in a message."""
+    return (
+        path.split(":", 1)[-1].lstrip("/") if "://" in path or path.startswith("file:") else path.lstrip("/")
+    )
+
+
+# Root causes that mean "this input file is damaged", whichever file Spark was on.
+_DAMAGED_INPUT = (
+    "java.io.EOFException",
+    "java.util.zip.ZipException",
+    "Not in GZIP format",
+    "incorrect header check",
+    "invalid block type",
+    "org.apache.parquet",
+    "is not a Parquet file",
+    "CSV header does not conform",
+)
+
+
+def _culprit(
+    exc: BaseException, files: Sequence[str], spark: SparkSession | None, only_inputs: bool
+) -> str | None:
+    """The input file ``exc`` is about, or None when it is not about reading an input file."""
+    text = _full_text(exc)
+    named = [f for f in files if _bare(f) in text]
+    if named:
+        return named[0]
+    if not only_inputs and not any(marker in text for marker in _DAMAGED_INPUT):
+        return None
+    if len(files) == 1:
+        return files[0]
+    if spark is not None:
+        # Spark does not say which file a codec error came from; find it (failure path only).
+        fs = _HadoopFs(spark)
+        for f in (f for f in files if _is_compressed(f)):
+            log.info("checking %s for corruption", f)
+            try:
+                fs.read_through(f)
+            except Exception:  # any failure here identifies the damaged file
+                return f
+    return "one of " + ", ".join(files)
+
+
+@contextmanager
+def _naming_files(
+    files: Sequence[str], what: str = "reading", spark: SparkSession | None = None, only_inputs: bool = False
+) -> Iterator[None]:
+    """Turn a Spark/Java failure caused by one of ``files`` into a short :class:`IngestError` that
+    names the file and the root cause, instead of a JVM stack trace. Unless the block touches
+    nothing but ``files`` (``only_inputs``), failures that are not about them (an unwritable
+    output, say) propagate unchanged."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors.exceptions.captured import CapturedException
+
+    try:
+        yield
+    except (Py4JJavaError, CapturedException) as exc:
+        culprit = _culprit(exc, files, spark, only_inputs)
+        if culprit is None:
+            raise
+        cause = _java_cause(exc)
+        if "CSV header does not conform" in cause:
+            hint = "\n(every part of a table must have the first part's header, in the same order)"
+            raise HeaderError(f"error {what} {culprit}:\n  {cause}{hint}") from None
+        raise CorruptInputError(f"error {what} {culprit}:\n  {cause}") from None
+
+
+# --- stage --------------------------------------------------------------------------------------
+
+
+def bronze_path(out: str, table: str) -> str:
+    return _join(out, f"bronze/{table}")
+
+
+def _write_delta(df: DataFrame, path: str) -> None:
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+
+
+def _table(cfg: IngestConfig, name: str, layout: str) -> tuple[str, RawTable]:
+    if name in CXR_TABLES:
+        return cfg.cxr, CXR_TABLES[name]
+    return cfg.raw, mimic_iv_tables(layout)[name]
+
+
+def _rows_written(spark: SparkSession, path: str) -> int:
+    """Rows of the last write, from the Delta commit metrics (no scan of the table)."""
+    from delta.tables import DeltaTable
+
+    (commit,) = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").collect()
+    return int(commit["operationMetrics"]["numOutputRows"])
+
+
+def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str, int]]:
+    """Write ``<out>/bronze/<table>`` for every configured table and ``<out>/bronze/quarantine``.
+
+    Returns {table: {rows_in, kept, rejected, filtered_out}} with rows_in = kept + rejected +
+    filtered_out (filtered_out: events of items outside ``cfg.itemids``), checked here. Each table
+    is replaced atomically (Delta overwrite; the quarantine by ``replaceWhere`` on the tables of
+    this run), so a re-run never appends and a failed one leaves the last version readable. All
+    input files are located and their headers checked before the first write. Per table the raw
+    input is read three times: the kept rows, the counts by reason, the quarantine.
+    """
+    needs_mimic = any(t not in CXR_TABLES for t in cfg.tables)
+    layout = resolve_layout(spark, cfg.raw, cfg.layout) if needs_mimic else "v2"
+    plans = []
+    for name in cfg.tables:
+        root, table = _table(cfg, name, layout)
+        loc = locate(spark, root, table)
+        log.info("ingest %s: %s (%s, %d file(s))", name, loc.path, loc.format, len(loc.files))
+        raw = read_raw(spark, loc, table)
+        tagged = _tag(raw, table)
+        plans.append((name, loc, tagged, _split(tagged, list(raw.columns), table)))
+
+    counts: dict[str, dict[str, int]] = {}
+    for name, loc, tagged, checked in plans:
+        filtered = name in EVENT_TABLES and cfg.itemids is not None
+        kept = filter_items(checked.kept, cfg.itemids) if filtered else checked.kept
+        path = bronze_path(out, name)
+        with _naming_files(loc.files, what=f"reading table {name} from", spark=spark):
+            _write_delta(kept, path)
+            by_reason = {r["__reason"]: r["count"] for r in tagged.groupBy("__reason").count().collect()}
+        rows_in = sum(by_reason.values())
+        c = {"rows_in": rows_in, "kept": _rows_written(spark, path)}
+        c["rejected"] = rows_in - by_reason.get(None, 0)
+        c["filtered_out"] = rows_in - c["kept"] - c["rejected"]
+        if c["filtered_out"] < 0 or (c["filtered_out"] and not filtered):
+            raise IngestError(f"bookkeeping does not add up for {name}: {c}")
+        log.info("ingest %s: %s; rejected by reason: %s", name, c, {k: v for k, v in by_reason.items() if k})
+        counts[name] = c
+
+    all_files = [f for _, loc, _, _ in plans for f in loc.files]
+    quarantine = reduce(lambda a, b: a.unionByName(b.rejected), [p[3] for p in plans], empty_rejects(spark))
+    # Replace only this run's tables: ingesting one table again keeps the others' rejects.
+    this_run = "source IN (" + ", ".join(f"'{name}'" for name in cfg.tables) + ")"
+    with _naming_files(all_files, spark=spark):
+        quarantine.write.format("delta").mode("overwrite").option("replaceWhere", this_run).save(
+            bronze_path(out, QUARANTINE)
+        )
+    return counts
