@@ -53,3 +53,17 @@ def s3_server():
     yield f"http://{host}:{port}"
     server.stop()
     env.undo()
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory):
+    """A real Spark standalone master + one worker (1 core, 1g) on 127.0.0.1 for the session.
+
+    Yields a ``tests.cluster.StandaloneCluster``: ``.url`` is the spark:// master URL,
+    ``.state()`` the master's JSON status, ``.logs()`` the daemons' log tails. Both daemons (and
+    the executors they started) are killed at the end of the session, also when tests fail.
+    """
+    from tests.cluster import standalone_cluster as running
+
+    with running(tmp_path_factory.mktemp("spark-standalone")) as cluster:
+        yield cluster

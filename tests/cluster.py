@@ -1,0 +1,259 @@
+"""A real Spark standalone cluster (one master, one worker) on 127.0.0.1 for tests.
+
+Both daemons are ``spark-class`` subprocesses from the venv's pyspark, each in its own process
+group, so that stopping the group also takes down the executor JVMs and Python workers the worker
+launched. Stopping is idempotent and also registered with ``atexit``: a failing test, an error
+during start-up or an interrupted session leaves no JVM behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
+SUBMIT = REPO / "scripts" / "submit.sh"
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL whatever is left after ``grace_s``; reap the leader."""
+    pgid = proc.pid  # start_new_session: the leader's pid is the group id
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            # Members can outlive the leader (an executor finishing its shutdown hook).
+            if proc.poll() is not None:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.2)
+
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when the test process dies, even by
+    SIGKILL (Linux only). It survives spark-class's final ``exec java``; the JVM's shutdown hooks
+    then stop the executors it launched. libc is loaded here, in the parent: the child of a
+    threaded parent (py4j) must not import anything between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def set_pdeathsig() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return set_pdeathsig
+
+
+_DIE_WITH_PARENT = _pdeathsig_setter()
+
+
+def spawn(args: Sequence[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``args`` in a new session (own process group), stdout and stderr into ``log``."""
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            list(args),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_DIE_WITH_PARENT,
+        )
+
+
+def run_bounded(
+    args: Sequence[str], timeout_s: float, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``subprocess.run`` that, on timeout, kills the whole process group (spark-submit's JVM and
+    the Python driver it forks), not only the direct child."""
+    proc = subprocess.Popen(
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=_DIE_WITH_PARENT,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc, grace_s=5.0)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"{' '.join(args)} ran past {timeout_s:.0f}s\n--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@dataclass(frozen=True)
+class StandaloneCluster:
+    url: str  # spark://127.0.0.1:PORT, what --master takes
+    webui: str  # http://127.0.0.1:PORT
+    workdir: Path  # logs (master.log, worker.log) and the worker's SPARK_WORKER_DIR (work/)
+
+    def state(self) -> dict:
+        """The master's JSON status (workers, aliveworkers, activeapps, completedapps, ...)."""
+        with urllib.request.urlopen(f"{self.webui}/json/", timeout=5) as resp:
+            return json.load(resp)
+
+    def logs(self, lines: int = 40) -> str:
+        return "\n".join(
+            f"--- {name} (last {lines} lines)\n{tail(self.workdir / name, lines)}"
+            for name in ("master.log", "worker.log")
+        )
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def daemon_env(workdir: Path) -> dict[str, str]:
+    conf = workdir / "conf"  # empty: no spark-defaults.conf / spark-env.sh from anywhere else
+    conf.mkdir(exist_ok=True)
+    (workdir / "work").mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        SPARK_HOME=str(spark_home()),
+        SPARK_CONF_DIR=str(conf),
+        SPARK_LOCAL_IP=HOST,
+        SPARK_WORKER_DIR=str(workdir / "work"),
+        SPARK_LOG_DIR=str(workdir),
+        SPARK_DAEMON_MEMORY="512m",
+        # A port already taken is an error here, not a silent move to the next port.
+        SPARK_MASTER_OPTS="-Dspark.port.maxRetries=0",
+        SPARK_WORKER_OPTS="-Dspark.port.maxRetries=0",
+        PYSPARK_PYTHON=sys.executable,
+    )
+    return env
+
+
+def _wait_until(
+    cluster: StandaloneCluster,
+    procs: dict[str, subprocess.Popen],
+    what: str,
+    ready: Callable[[dict], bool],
+    deadline: float,
+) -> None:
+    """Poll the master's JSON until ``ready(state)``; fail fast if a daemon dies, with log tails."""
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"spark standalone {name} exited with {proc.returncode} during start-up\n{cluster.logs()}"
+                )
+        try:
+            if ready(cluster.state()):
+                return
+            last_error = "answered, not ready"
+        except (OSError, ValueError) as err:  # URLError is an OSError
+            last_error = repr(err)
+        time.sleep(0.5)
+    raise RuntimeError(f"{what}: not within the start-up timeout ({last_error})\n{cluster.logs()}")
+
+
+@contextlib.contextmanager
+def standalone_cluster(
+    workdir: Path, cores: int = 1, memory: str = "1g", start_timeout_s: float = 120.0
+) -> Iterator[StandaloneCluster]:
+    """Run a master and one worker on 127.0.0.1 until the block ends; yield the cluster."""
+    spark_class = str(spark_home() / "bin" / "spark-class")
+    env = daemon_env(workdir)
+    port, webui_port, worker_webui_port = free_port(), free_port(), free_port()
+    cluster = StandaloneCluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui_port}", workdir)
+    procs: dict[str, subprocess.Popen] = {}
+
+    def stop() -> None:
+        # Worker first, so that it does not spend the grace period reconnecting to a dead master.
+        for name in ("worker", "master"):
+            if name in procs:
+                _stop_group(procs.pop(name))
+
+    atexit.register(stop)
+    try:
+        procs["master"] = spawn(
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--webui-port",
+                str(webui_port),
+            ],
+            workdir / "master.log",
+            env,
+        )
+        deadline = time.monotonic() + start_timeout_s
+        # The worker's first registration retry comes 5-15 s after a miss: start it once the master answers.
+        _wait_until(cluster, procs, f"master web UI {cluster.webui}", lambda state: True, deadline)
+        procs["worker"] = spawn(
+            [
+                spark_class,
+                "org.apache.spark.deploy.worker.Worker",
+                cluster.url,
+                "--host",
+                HOST,
+                "--cores",
+                str(cores),
+                "--memory",
+                memory,
+                "--webui-port",
+                str(worker_webui_port),
+            ],
+            workdir / "worker.log",
+            env,
+        )
+        _wait_until(
+            cluster,
+            procs,
+            f"a worker registered with {cluster.url}",
+            lambda state: state.get("aliveworkers", 0) >= 1,
+            deadline,
+        )
+        yield cluster
+    finally:
+        stop()
+        atexit.unregister(stop)
