@@ -554,8 +554,21 @@ def bronze_path(out: str, table: str) -> str:
     return _join(out, f"bronze/{table}")
 
 
+_DELTA_INVALID_NAME_CHARS = frozenset(" ,;{}()\n\t=")
+
+
 def _write_delta(df: DataFrame, path: str) -> None:
-    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    """Replace the table at ``path``. Raw names Delta cannot store as-is (CheXpert's
+    ``Lung Lesion``) are kept, through column mapping, so bronze has exactly the declared names;
+    other tables stay on the basic protocol that every Delta reader understands."""
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if any(_DELTA_INVALID_NAME_CHARS & set(c) for c in df.columns):
+        writer = (
+            writer.option("delta.columnMapping.mode", "name")
+            .option("delta.minReaderVersion", "2")
+            .option("delta.minWriterVersion", "5")
+        )
+    writer.save(path)
 
 
 def _table(cfg: IngestConfig, name: str, layout: str) -> tuple[str, RawTable]:

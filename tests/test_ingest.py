@@ -302,23 +302,21 @@ def test_run_writes_bronze_and_quarantine(spark, tmp_path):
     ev = dict(subject_id="1", hadm_id="10", stay_id="100", charttime="2180-01-01 10:00:00")
     events = [ev | dict(itemid="220045"), ev | dict(itemid="1"), ev | dict(itemid="220045", charttime="?")]
     write(raw / "icu/chartevents.csv.gz", csv_text(V2["chartevents"].column_names, events))
-    meta = CXR_TABLES["metadata"]
-    img = dict(dicom_id="d1", subject_id="1", study_id="5", ViewPosition="AP", StudyDate="21800101")
-    write(
-        cxr / "mimic-cxr-2.0.0-metadata.csv.gz", csv_text(meta.column_names, [img | dict(StudyTime="1234.5")])
-    )
+    labels = CXR_TABLES["chexpert"]  # names with spaces ("Lung Lesion") must survive Delta
+    study = {"subject_id": "1", "study_id": "5", "Lung Lesion": "-1.0", "Edema": "1.0"}
+    write(cxr / "mimic-cxr-2.0.0-chexpert.csv.gz", csv_text(labels.column_names, [study]))
 
     cfg = IngestConfig(
-        raw=str(raw), cxr=str(cxr), tables=["patients", "chartevents", "metadata"], itemids=[220045]
+        raw=str(raw), cxr=str(cxr), tables=["patients", "chartevents", "chexpert"], itemids=[220045]
     )
     counts = ingest.run(spark, cfg, str(out))
     assert counts == {
         "patients": dict(rows_in=2, kept=1, rejected=1, filtered_out=0),
         "chartevents": dict(rows_in=3, kept=1, rejected=1, filtered_out=1),
-        "metadata": dict(rows_in=1, kept=1, rejected=0, filtered_out=0),
+        "chexpert": dict(rows_in=1, kept=1, rejected=0, filtered_out=0),
     }
-    bronze = spark.read.format("delta").load(str(out / "bronze/metadata")).collect()
-    assert (bronze[0]["StudyDate"], bronze[0]["StudyTime"]) == (21800101, 1234.5)
+    (bronze,) = spark.read.format("delta").load(str(out / "bronze/chexpert")).collect()
+    assert (bronze["Lung Lesion"], bronze["Edema"], bronze["Atelectasis"]) == (-1.0, 1.0, None)
     q = spark.read.format("delta").load(str(out / "bronze/quarantine"))
     assert sorted((r["source"], r["reason"]) for r in q.collect()) == [
         ("chartevents", "bad_timestamp:charttime"),
