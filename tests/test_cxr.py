@@ -8,7 +8,6 @@ import pytest
 
 from spark_jobs.cxr import build_cxr
 from spark_jobs.mimic_schema import CHEXPERT_LABELS, CXR_TABLES, cxr_image_relpath
-from spark_jobs.quality import count_by_reason
 
 
 def _ddl(table: str) -> str:
@@ -40,6 +39,8 @@ METADATA = [
 
 @pytest.fixture(scope="module")
 def result(spark):
+    from pyspark.sql import functions as F
+
     labels_a = [1.0, 0.0, -1.0, None] + [None] * 10
     labels_b = [0.0] * 13 + [1.0]
     chexpert = spark.createDataFrame(
@@ -48,8 +49,17 @@ def result(spark):
     )
     metadata = spark.createDataFrame(METADATA, _ddl("metadata"))
     checked = build_cxr(metadata, chexpert)
-    kept = {r["dicom_id"]: r for r in checked.kept.collect()}
-    reasons = count_by_reason(checked.rejected)
+    # kept rows and reject counts in one Spark job (the machine is shared)
+    both = checked.kept.withColumn("__stage", F.lit(None).cast("string")).unionByName(
+        checked.rejected.select(F.col("stage").alias("__stage"), "source", "reason"), allowMissingColumns=True
+    )
+    kept, reasons = {}, {}
+    for r in both.collect():
+        if r["__stage"] is None:
+            kept[r["dicom_id"]] = r
+        else:
+            key = (r["__stage"], r["source"], r["reason"])
+            reasons[key] = reasons.get(key, 0) + 1
     return checked, kept, reasons, labels_a, labels_b
 
 

@@ -21,13 +21,17 @@ def row(hr: float, dbp: float = 60.0, ph: float = 7.4) -> list[float]:
     return x
 
 
-def by_column(df):
-    out = {r["column"]: r for r in df.collect()}
+def by_column(rows):
+    out = {r["column"]: r for r in rows}
     assert sorted(out) == CONT
     return out
 
 
-def test_train_prefix_rows_counted_once(spark):
+@pytest.fixture(scope="module")
+def stats(spark):
+    """{run: {column: row}} for the three runs below, in one Spark job (the machine is shared)."""
+    from pyspark.sql import functions as F
+
     ts = spark.createDataFrame(
         [(1, b, row(v, dbp=60.0 + b)) for b, v in enumerate([1.0, 2.0, 3.0, 4.0, 5.0])]
         + [(2, b, row(v)) for b, v in enumerate([10.0, 20.0, 30.0])]
@@ -43,30 +47,46 @@ def test_train_prefix_rows_counted_once(spark):
         ],
         SAMPLES,
     )
-    stats = by_column(N.build_normalizer("decomp", samples, ts))
-    expected = np.array([1.0, 2.0, 3.0, 10.0])
-    assert stats[HR]["n"] == 4
-    assert stats[HR]["mean"] == pytest.approx(expected.mean())
-    assert stats[HR]["std"] == pytest.approx(expected.std(ddof=1))
-    assert stats[2]["mean"] == pytest.approx(np.mean([60.0, 61.0, 62.0, 60.0]))
-    assert stats[58]["std"] == 1e-7  # constant column: floored
-    assert stats[58]["mean"] == pytest.approx(7.4)
-
-
-def test_radiology_uses_latest_window_and_single_row_floor(spark):
     wts = spark.createDataFrame(
         [("r:1:a", 0, row(100.0)), ("r:1:a", 1, row(100.0))]
         + [("r:1:b", b, row(v)) for b, v in enumerate([1.0, 2.0, 4.0])]
         + [("r:2:c", 0, row(7.0))],
         WTS,
     )
-    samples = spark.createDataFrame(
+    rad = spark.createDataFrame(
         [("r:1:a", 1, "train", 1.5, 2), ("r:1:b", 1, "train", 2.5, 3), ("r:2:c", 2, "val", 0.5, 1)], SAMPLES
     )
-    stats = by_column(N.build_normalizer("radiology", samples, wts))
-    assert stats[HR]["n"] == 3 and stats[HR]["mean"] == pytest.approx(7.0 / 3)
-    assert stats[HR]["std"] == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
-    val = by_column(N.build_normalizer("radiology", samples, wts, N.NormalizerConfig(split="val")))
+    runs = {
+        "decomp": N.build_normalizer("decomp", samples, ts),
+        "radiology": N.build_normalizer("radiology", rad, wts),
+        "radiology_val": N.build_normalizer("radiology", rad, wts, N.NormalizerConfig(split="val")),
+    }
+    for df in runs.values():
+        assert df.columns == list(N.COLUMNS)
+    union = None
+    for name, df in runs.items():
+        part = df.withColumn("run", F.lit(name))
+        union = part if union is None else union.unionByName(part)
+    rows = union.collect()
+    return {name: by_column([r for r in rows if r["run"] == name]) for name in runs}
+
+
+def test_train_prefix_rows_counted_once(stats):
+    dec = stats["decomp"]
+    expected = np.array([1.0, 2.0, 3.0, 10.0])
+    assert dec[HR]["n"] == 4
+    assert dec[HR]["mean"] == pytest.approx(expected.mean())
+    assert dec[HR]["std"] == pytest.approx(expected.std(ddof=1))
+    assert dec[2]["mean"] == pytest.approx(np.mean([60.0, 61.0, 62.0, 60.0]))
+    assert dec[58]["std"] == 1e-7  # constant column: floored
+    assert dec[58]["mean"] == pytest.approx(7.4)
+
+
+def test_radiology_uses_latest_window_and_single_row_floor(stats):
+    val = stats["radiology_val"]
+    rad = stats["radiology"]
+    assert rad[HR]["n"] == 3 and rad[HR]["mean"] == pytest.approx(7.0 / 3)
+    assert rad[HR]["std"] == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
     assert val[HR]["n"] == 1 and val[HR]["mean"] == 7.0 and val[HR]["std"] == 1e-7  # N - 1 = 0
 
 

@@ -82,22 +82,42 @@ def frames(spark):
     return stays, first, cxr
 
 
-def run(frames, task: str, **cfg):
-    """Samples and reject counts of one task in a single Spark job (the machine is shared)."""
+RUNS = {
+    "ihm": ("ihm", {"paired": False}),
+    "pheno": ("pheno", {"paired": False}),
+    "decomp": ("decomp", {"paired": False}),
+    "decomp_last_paired": ("decomp", {"pairing": "last_in_stay"}),
+    "los": ("los", {"paired": False}),
+    "radiology": ("radiology", {"uncertain_as": 1}),
+}
+
+
+@pytest.fixture(scope="module")
+def results(frames):
+    """{run: (samples, reject counts, kept DataFrame)} for every run of RUNS, in one Spark job:
+    the machine is shared and a job's fixed cost dominates on data this small."""
     from pyspark.sql import functions as F
 
-    checked = T.build_samples(task, *frames, T.TasksConfig(**cfg))
-    assert checked.kept.columns == list(T.SAMPLE_COLUMNS)
-    both = checked.kept.withColumn("__reason", F.lit(None).cast("string")).unionByName(
-        checked.rejected.select(F.col("reason").alias("__reason")), allowMissingColumns=True
-    )
-    rows, reasons = [], {}
-    for r in both.collect():
+    kept, parts = {}, []
+    for name, (task, cfg) in RUNS.items():
+        checked = T.build_samples(task, *frames, T.TasksConfig(**cfg))
+        assert checked.kept.columns == list(T.SAMPLE_COLUMNS)
+        kept[name] = checked.kept
+        parts.append(
+            checked.kept.withColumn("__reason", F.lit(None).cast("string")).withColumn("__run", F.lit(name))
+        )
+        parts.append(checked.rejected.select(F.col("reason").alias("__reason"), F.lit(name).alias("__run")))
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part, allowMissingColumns=True)
+    out = {name: ([], {}, kept[name]) for name in RUNS}
+    for r in union.collect():
+        rows, reasons, _ = out[r["__run"]]
         if r["__reason"] is None:
             rows.append(r)
         else:
             reasons[r["__reason"]] = reasons.get(r["__reason"], 0) + 1
-    return rows, reasons, checked.kept
+    return out
 
 
 def by_stay(rows):
@@ -109,8 +129,8 @@ def test_first_event_hours_ignore_events_outside_the_stay(frames):
     assert first == {1: 1.0, 2: 1.0, 3: 10.5, 4: 50.0, 6: 0.0, 7: 1.0, 8: 0.5, 9: 48.0, 10: 6.0}
 
 
-def test_ihm_window_edges_and_pairing(frames):
-    rows, reasons, _ = run(frames, "ihm", paired=False)
+def test_ihm_window_edges_and_pairing(results):
+    rows, reasons, _ = results["ihm"]
     s = by_stay(rows)
     assert sorted(s) == [2, 3, 6, 9]  # 47.9 h stay out, 48.0 h stay in; event at exactly 48 h counts
     assert reasons == {"los_too_short": 4, "no_event_in_window": 1, "no_events": 1}  # 1, 7, 8, 10 | 4 | 5
@@ -122,8 +142,8 @@ def test_ihm_window_edges_and_pairing(frames):
     assert s[3]["split"] == "train" and s[2]["split"] == "test" and s[3]["hadm_id"] == 103
 
 
-def test_pheno_pairs_last_image_of_stay(frames):
-    rows, reasons, _ = run(frames, "pheno", paired=False)
+def test_pheno_pairs_last_image_of_stay(results):
+    rows, reasons, _ = results["pheno"]
     s = by_stay(rows)
     assert sorted(s) == [1, 2, 3, 4, 6, 7, 8, 9, 10] and reasons == {"no_events": 1}
     assert (s[3]["dicom_id"], s[3]["cxr_hours"]) == ("f", 100.0)  # image at exactly outtime
@@ -136,8 +156,8 @@ def _hours(rows, stay):
     return {r["hour"]: r for r in rows if r["stay_id"] == stay}
 
 
-def test_decompensation_hours_labels_and_causal_pairing(frames):
-    rows, reasons, _ = run(frames, "decomp", paired=False)
+def test_decompensation_hours_labels_and_causal_pairing(results):
+    rows, reasons, _ = results["decomp"]
     assert reasons == {"no_events": 1, "no_sample_hours": 1}  # stays 5 and 7
     two = _hours(rows, 2)
     assert sorted(two) == [float(t) for t in range(5, 49)]  # t > 4, up to the hour of death
@@ -158,8 +178,8 @@ def test_decompensation_hours_labels_and_causal_pairing(frames):
     assert three[20.0]["cxr_hours"] == 20.0
 
 
-def test_last_in_stay_pairing_and_paired_mode(frames):
-    rows, reasons, _ = run(frames, "decomp", pairing="last_in_stay")
+def test_last_in_stay_pairing_and_paired_mode(results):
+    rows, reasons, _ = results["decomp_last_paired"]
     assert {r["stay_id"] for r in rows} == {3, 6}
     assert {r["dicom_id"] for r in rows if r["stay_id"] == 3} == {"f"}
     assert len(_hours(rows, 3)) == 90
@@ -167,8 +187,8 @@ def test_last_in_stay_pairing_and_paired_mode(frames):
     assert reasons["no_image"] == 43 + 44 + 10 + 26 + 2 + 4
 
 
-def test_los_buckets_at_day_edges(frames):
-    rows, reasons, _ = run(frames, "los", paired=False)
+def test_los_buckets_at_day_edges(results):
+    rows, reasons, _ = results["los"]
     assert reasons == {"no_events": 1, "no_sample_hours": 1}
     three = _hours(rows, 3)
     assert three[76.0]["los_remaining_hours"] == 24.0 and three[76.0]["y"] == [1.0]  # exactly 1 day
@@ -187,8 +207,8 @@ def test_los_buckets_at_day_edges(frames):
     assert six[200.0]["dicom_id"] == "h" and six[199.0]["dicom_id"] is None  # causal pairing
 
 
-def test_radiology_one_sample_per_image_in_stay(frames):
-    rows, reasons, kept = run(frames, "radiology", uncertain_as=1)
+def test_radiology_one_sample_per_image_in_stay(results):
+    rows, reasons, kept = results["radiology"]
     s = {r["dicom_id"]: r for r in rows}
     assert sorted(s) == ["b", "c", "d", "e1", "f", "h"]  # a, g outside the stay
     assert reasons == {"no_labels": 1}  # e2
