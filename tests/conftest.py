@@ -67,3 +67,15 @@ def standalone_cluster(tmp_path_factory):
 
     with running(tmp_path_factory.mktemp("spark-standalone")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def etl_run(spark, synth_root, tmp_path_factory):
+    """The default ETL over the synthetic fixture: (out path, stage reports)."""
+    from spark_jobs.pipeline import Pipeline, load_config
+
+    root, _, _ = synth_root
+    out = tmp_path_factory.mktemp("etl") / "tables"
+    cfg = load_config([f"raw={root}", f"out={out}", "spark.shuffle_partitions=2"])
+    reports = Pipeline(cfg, spark).run()
+    return str(out), reports
