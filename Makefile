@@ -9,7 +9,11 @@ PATIENTS ?= 2000
 SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup jars test test-fast lint format demo synth clean
+SYNTH := $(DATA)/synth-$(PATIENTS)p-seed$(SEED)
+ETL_OUT := $(DATA)/etl-$(PATIENTS)p-seed$(SEED)
+ETL_ARGS ?=
+
+.PHONY: setup jars test test-fast lint format demo synth etl clean
 
 setup: $(STAMP) jars
 
@@ -37,10 +41,19 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-synth: setup
-	$(PY) -m spark_jobs.synth_mimic --out $(DATA)/synth --patients $(PATIENTS) --seed $(SEED)
+# The synthetic dataset is generated once per (size, seed); delete the folder to regenerate.
+synth: setup $(SYNTH)/_truth/manifest.json
 
-demo: synth
+$(SYNTH)/_truth/manifest.json:
+	$(PY) -m spark_jobs.synth_mimic --out $(SYNTH) --patients $(PATIENTS) --seed $(SEED)
+
+etl: synth
+	$(PY) -m spark_jobs.pipeline raw=$(SYNTH) out=$(ETL_OUT) $(ETL_ARGS)
+
+demo: etl
+	@echo
+	@echo "demo done: synthetic MIMIC-IV + MIMIC-CXR-JPG in $(SYNTH) (ground truth in $(SYNTH)/_truth)"
+	@echo "           Delta tables (bronze/silver/gold, _quality) in $(ETL_OUT)"
 
 clean:
 	rm -rf $(DATA) runs spark-warehouse .pytest_cache
