@@ -96,17 +96,6 @@ PHENOTYPE_MODEL = {
     "Shock": (-2.6, {"sev": 1.0, "card": 0.4}),
 }
 PHENOTYPES = tuple(PHENOTYPE_MODEL)
-FINDINGS = (
-    "cardiomegaly",
-    "effusion",
-    "consolidation",
-    "edema",
-    "pneumothorax",
-    "atelectasis",
-    "lung_lesion",
-    "fracture",
-    "support_devices",
-)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from spark_jobs.mimic_schema import CHEXPERT_LABELS, CXR_TABLES, cxr_image_relpath, mimic_iv_tables
 from spark_jobs.synth import model as M
-from spark_jobs.synth.cxr_render import image_shape
+from spark_jobs.synth.cxr_render import FINDINGS, image_shape
 
 TRUTH_COLUMNS = {
     "stays": [
@@ -48,7 +48,7 @@ TRUTH_COLUMNS = {
         "view",
         "study_time",
         "path",
-        *(f"finding_{k}" for k in M.FINDINGS),
+        *(f"finding_{k}" for k in FINDINGS),
     ],
 }
 
