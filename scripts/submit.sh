@@ -6,7 +6,13 @@
 # What it does: finds the venv's pyspark (SPARK_HOME) and its spark-submit, hands Spark the Delta
 # and S3A jars from the local cache (`python -m spark_jobs.jars list`; fetch them once with
 # `python -m spark_jobs.jars fetch`), makes the driver and the executors use the venv's python,
-# resolves the module name to its .py file and passes every argument after it to the job.
+# checks that the module can be imported and runs it on the driver through scripts/spark_launch.py
+# (as `python -m MODULE` would), passing every argument after it to the job.
+#
+# Why a launcher: spark-submit runs its primary .py file as `python FILE`, which puts FILE's
+# directory first on sys.path. Submitting spark_jobs/pipeline.py itself would make our modules
+# `events`, `tasks`, `cohort`, `resources`, ... top-level names that shadow third-party modules;
+# the launcher drops its own directory from sys.path and imports the job by its dotted name.
 #
 # Cluster requirement: the executors run `spark.pyspark.python`, i.e. THIS venv's python at THIS
 # absolute path. Every worker machine must therefore have the same venv (same Python, pyspark and
@@ -107,11 +113,16 @@ fi
 jar_list=$(awk 'NF { printf "%s%s", sep, $1; sep = "," }' <<<"$jar_listing")
 [[ -n $jar_list ]] || die "python -m spark_jobs.jars list printed no jars"
 
+launcher=$repo/scripts/spark_launch.py
+[[ -f $launcher ]] || die "no launcher at $launcher"
 if [[ $module == *.py ]]; then
     [[ -f $module ]] || die "no such file: $module"
-    job_file=$module
+    job=(--file "$(cd "$(dirname "$module")" && pwd)/$(basename "$module")")
 else
-    job_file=$(cd "$repo" && "$python" - "$module" <<'EOF'
+    # Fail here, before a JVM starts, if the driver could not import the module. Checked from a
+    # neutral directory, as the driver sees it: importable through the venv (our package is
+    # installed there), not through the caller's working directory.
+    (cd / && "$python" - "$module" <<'EOF'
 import importlib.util
 import sys
 
@@ -124,9 +135,9 @@ if spec is None or not spec.origin or not spec.origin.endswith(".py"):
     sys.exit(f"submit.sh: error: {name!r} is not a Python module file")
 if spec.submodule_search_locations is not None:
     sys.exit(f"submit.sh: error: {name!r} is a package; name the job module inside it")
-print(spec.origin)
 EOF
     ) || exit 2
+    job=("$module")
 fi
 
 export SPARK_HOME=$spark_home
@@ -141,4 +152,4 @@ exec "$spark_submit" \
     --conf "spark.pyspark.driver.python=$python" \
     --conf "spark.driver.extraJavaOptions=-Dlog4j.configurationFile=file:$repo/spark_jobs/log4j2.properties" \
     "${confs[@]}" \
-    "$job_file" "$@"
+    "$launcher" "${job[@]}" "$@"

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -100,31 +101,75 @@ def spawn(args: Sequence[str], log: Path, env: dict[str, str]) -> subprocess.Pop
         )
 
 
+class Bounded:
+    """A command in its own process group, started now and given ``timeout_s`` to finish.
+
+    Its output is drained by a thread, so the caller can do other work meanwhile (e.g. run the
+    same job in local mode) and collect the result with ``wait()``. Whatever the outcome (done,
+    timed out, or the caller failing before ``wait()``: use it as a context manager), the whole
+    group is stopped at the end: spark-submit's JVM, the Python driver it forks, and anything
+    they left running.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        timeout_s: float,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
+        self.args, self.timeout_s = list(args), timeout_s
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_DIE_WITH_PARENT,
+        )
+        self._deadline = time.monotonic() + timeout_s
+        self._output: tuple[str, str] = ("", "")
+        self._reader = threading.Thread(target=self._drain, name="bounded-output", daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        self._output = self.proc.communicate()
+
+    def stop(self) -> None:
+        """Stop the process group (idempotent: a group already gone costs one failed kill)."""
+        _stop_group(self.proc, grace_s=5.0)
+        self._reader.join(timeout=30)
+
+    def wait(self) -> subprocess.CompletedProcess:
+        """The finished command; AssertionError (group stopped) when it runs past its timeout."""
+        self._reader.join(timeout=max(0.0, self._deadline - time.monotonic()))
+        timed_out = self._reader.is_alive()
+        self.stop()
+        out, err = self._output
+        if timed_out:
+            raise AssertionError(
+                f"{' '.join(self.args)} ran past {self.timeout_s:.0f}s\n"
+                f"--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}"
+            )
+        return subprocess.CompletedProcess(self.args, self.proc.returncode, out, err)
+
+    def __enter__(self) -> Bounded:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def run_bounded(
     args: Sequence[str], timeout_s: float, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """``subprocess.run`` that, on timeout, kills the whole process group (spark-submit's JVM and
     the Python driver it forks), not only the direct child."""
-    proc = subprocess.Popen(
-        list(args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
-        preexec_fn=_DIE_WITH_PARENT,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _stop_group(proc, grace_s=5.0)
-        out, err = proc.communicate()
-        raise AssertionError(
-            f"{' '.join(args)} ran past {timeout_s:.0f}s\n--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}"
-        ) from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    with Bounded(args, timeout_s, env, cwd) as running:
+        return running.wait()
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,36 @@
-"""Our jobs on a real standalone cluster through scripts/submit.sh give what local mode gives."""
+"""Our jobs on a real standalone cluster through scripts/submit.sh give what local mode gives:
+the synthetic generator (files) and the ETL (Delta tables)."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from spark_jobs.synth_mimic import SynthConfig, generate
-from tests.cluster import HOST, REPO, SUBMIT, run_bounded
+from tests.cluster import HOST, REPO, SUBMIT, Bounded, run_bounded
 
 pytestmark = pytest.mark.cluster
 
 PATIENTS, SEED, IMAGE_SIZE = 30, 5, 64
 SUBMIT_TIMEOUT_S = 300
+# The ETL on 40 patients: 2-5 min per run on a shared 2-core machine (about 2.5 CPU-minutes);
+# the cluster run overlaps the local one, and its bound leaves room for a busy machine.
+ETL_PATIENTS, ETL_SEED = 40, 11
+ETL_SUBMIT_TIMEOUT_S = 660
+ETL_TABLES = {
+    "silver": {"stays", "events", "cxr", "timeseries", "first_event", "quarantine"},
+    "gold": {f"samples_{t}" for t in ("ihm", "pheno", "decomp", "los", "radiology")}
+    | {f"normalizer_{t}" for t in ("ihm", "pheno", "decomp", "los", "radiology")}
+    | {"quarantine"},
+}
+# Same spark-submit settings for every job here: the worker has 1 core and 1g.
+CLUSTER_CONFS = ["--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=1"]
 
 
 def _files(root: Path) -> dict[str, Path]:
@@ -55,10 +70,7 @@ def test_synth_on_the_cluster_equals_local_mode(standalone_cluster, spark, tmp_p
             str(SUBMIT),
             "--master",
             cluster.url,
-            "--conf",
-            "spark.executor.memory=512m",
-            "--conf",
-            "spark.cores.max=1",
+            *CLUSTER_CONFS,
             "spark_jobs.synth_mimic",
             "--out",
             str(on_cluster),
@@ -101,3 +113,112 @@ def test_submit_without_a_module_prints_usage():
     assert result.returncode == 2
     assert "usage: scripts/submit.sh --master URL" in result.stderr
     assert "no MODULE given" in result.stderr
+
+
+def test_submitted_module_does_not_shadow_top_level_names(tmp_path):
+    """The job runs as ``python -m MODULE`` would: neither spark_jobs/ nor scripts/ on sys.path,
+    so ``events``, ``tasks``, ``cohort``, ``resources`` stay free for third-party modules."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "medmod_probe.py").write_text(
+        "import importlib.util, json, sys\n"
+        "names = ['events', 'tasks', 'cohort', 'resources', 'spark_launch', 'derive_resources']\n"
+        "print('PROBE ' + json.dumps({'name': __name__, 'argv': sys.argv,\n"
+        "    'found': [n for n in names if importlib.util.find_spec(n) is not None]}))\n"
+    )
+    env = {**os.environ, "SPARK_LOCAL_IP": HOST, "PYTHONPATH": str(probe)}
+    result = run_bounded(
+        [str(SUBMIT), "--master", "local[1]", "medmod_probe", "a", "--b=c"],
+        timeout_s=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
+    assert result.returncode == 0 and lines, (
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr[-4000:]}"
+    )
+    seen = json.loads(lines[0].removeprefix("PROBE "))
+    assert seen == {"name": "__main__", "argv": [str(probe / "medmod_probe.py"), "a", "--b=c"], "found": []}
+
+
+def _delta_tables(out: Path) -> set[str]:
+    return {
+        f"{layer}/{table.name}"
+        for layer in ETL_TABLES
+        for table in (out / layer).iterdir()
+        if (table / "_delta_log").is_dir()
+    }
+
+
+def _table_frame(spark, path: Path, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    """All rows of a Delta table as a pandas frame in a canonical row order: nested columns
+    (arrays, maps, structs) as their JSON text, so that rows compare and sort as plain values."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    df = spark.read.format("delta").load(str(path)).drop(*drop)
+    nested = (ArrayType, MapType, StructType)
+    df = df.select(
+        *[
+            F.to_json(F.col(f.name)).alias(f.name) if isinstance(f.dataType, nested) else F.col(f.name)
+            for f in df.schema.fields
+        ]
+    )
+    frame = df.toPandas()
+    frame = frame[sorted(frame.columns)]
+    return frame.sort_values(list(frame.columns), na_position="first").reset_index(drop=True)
+
+
+def _same_rows(spark, a: Path, b: Path, drop: tuple[str, ...] = ()) -> str | None:
+    """None when the tables hold the same rows; else what differs. Doubles (aggregates such as
+    the normalizer's mean/std) may differ in the last bits with the order of partial results."""
+    fa, fb = _table_frame(spark, a, drop), _table_frame(spark, b, drop)
+    if len(fa) == 0 and len(fb) == 0 and list(fa.columns) == list(fb.columns):
+        return None
+    try:
+        pd.testing.assert_frame_equal(fa, fb, check_exact=False, rtol=1e-9, atol=0.0)
+    except AssertionError as err:
+        return f"{len(fa)} vs {len(fb)} rows: {str(err)[:1500]}"
+    return None
+
+
+@pytest.mark.slow
+def test_etl_on_the_cluster_equals_local_mode(standalone_cluster, spark, tmp_path):
+    """The whole ETL submitted to the cluster writes the same silver/gold rows and the same
+    _quality counts as the same ETL in local mode (this test session's Spark)."""
+    from spark_jobs.pipeline import Pipeline, load_config
+
+    cluster = standalone_cluster
+    raw, local, on_cluster = tmp_path / "raw", tmp_path / "local", tmp_path / "cluster"
+    generate(SynthConfig(out=str(raw), patients=ETL_PATIENTS, seed=ETL_SEED, images=False), spark)
+    words = [f"raw={raw}", "spark.shuffle_partitions=2"]
+
+    # The cluster run goes in the background while the same ETL runs here in local mode.
+    known = {app["id"] for app in cluster.state().get("completedapps", [])}
+    submit = [str(SUBMIT), "--master", cluster.url, *CLUSTER_CONFS, "spark_jobs.pipeline"]
+    with Bounded(
+        [*submit, *words, f"out={on_cluster}"],
+        timeout_s=ETL_SUBMIT_TIMEOUT_S,
+        env={**os.environ, "SPARK_LOCAL_IP": HOST},
+        cwd=tmp_path,
+    ) as submitted:
+        Pipeline(load_config([*words, f"out={local}"]), spark).run()
+        result = submitted.wait()
+    output = f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, f"submit.sh failed ({result.returncode})\n{output}\n{cluster.logs()}"
+    assert f"master={cluster.url}" in result.stdout + result.stderr, output
+    assert "ETL finished" in result.stdout, output
+    app = _wait_for_completed_app(cluster, known)
+    assert app["state"] == "FINISHED", app
+    assert list((cluster.workdir / "work" / app["id"]).glob("*/stderr")), f"no executor of {app['id']}"
+
+    tables = _delta_tables(local)
+    expected = {f"{layer}/{name}" for layer, names in ETL_TABLES.items() for name in names}
+    assert tables == expected, f"local run wrote {sorted(tables)}"
+    assert _delta_tables(on_cluster) == tables
+    different = {t: d for t in sorted(tables) if (d := _same_rows(spark, local / t, on_cluster / t))}
+    assert not different, f"{len(different)} tables differ between local mode and the cluster: {different}"
+
+    quality = _same_rows(spark, local / "_quality", on_cluster / "_quality", drop=("run_id",))
+    assert quality is None, f"_quality differs: {quality}"
+    assert len(_table_frame(spark, local / "_quality")) > 0
