@@ -16,25 +16,32 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import reduce
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from functools import partial, reduce
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeVar
 
 from spark_jobs.mimic_schema import CXR_TABLES, RawTable, mimic_iv_tables
-from spark_jobs.quality import Checked, empty_rejects, rejects
+from spark_jobs.quality import Checked, empty_rejects
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import DataType
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STAGE = "ingest"
 CORRUPT = "_corrupt_record"
 SOURCE = "_source"
 QUARANTINE = "quarantine"
+STAGING = "_staging"
+REASON = "__reason"
+RECORD = "__record"
 EVENT_TABLES = frozenset({"chartevents", "labevents"})
 DEFAULT_TABLES = (
     "patients",
@@ -103,7 +110,9 @@ class IngestConfig:
     ``raw`` is the MIMIC-IV root (the folder holding ``hosp/`` and ``icu/``, or ``core/`` for
     v1.0), ``cxr`` the MIMIC-CXR-JPG root holding ``mimic-cxr-2.0.0-*.csv.gz``. Both may be
     local paths or ``s3a://`` / ``s3://`` URLs. ``itemids``: keep only these items of the events
-    tables (None keeps all).
+    tables (None keeps all). ``concurrency``: how many tables are read / written at the same
+    time (0: as many as Spark has cores); a ``.csv.gz`` is one Spark task however big it is, so
+    reading the tables side by side is what keeps more than one core busy.
     """
 
     raw: str
@@ -111,12 +120,15 @@ class IngestConfig:
     layout: Literal["auto", "v1", "v2", "v3"] = "auto"
     tables: list[str] = field(default_factory=lambda: list(DEFAULT_TABLES))
     itemids: list[int] | None = None
+    concurrency: int = 0
 
     def __post_init__(self) -> None:
         known = set(mimic_iv_tables("v2")) | set(CXR_TABLES)
         unknown = [t for t in self.tables if t not in known]
         if unknown:
             raise ValueError(f"unknown table(s) {unknown}; known: {sorted(known)}")
+        if self.concurrency < 0:
+            raise ValueError(f"concurrency must be >= 0 (0: one per core), got {self.concurrency}")
 
 
 # --- file system -------------------------------------------------------------------------------
@@ -148,6 +160,25 @@ class _HadoopFs:
             if status.isFile() and not name.startswith(("_", ".")):
                 out.append(status.getPath().toString())
         return sorted(out)
+
+    def size(self, paths: Sequence[str]) -> int:
+        """Bytes in ``paths`` (files), to start the biggest inputs first."""
+        total = 0
+        for path in paths:
+            p, fs = self._path(path)
+            total += fs.getFileStatus(p).getLen()
+        return total
+
+    def delete(self, path: str) -> None:
+        """Remove ``path`` and everything under it; nothing there is fine."""
+        p, fs = self._path(path)
+        if fs.exists(p):
+            fs.delete(p, True)
+
+    def delete_if_empty(self, path: str) -> None:
+        p, fs = self._path(path)
+        if fs.exists(p) and fs.getFileStatus(p).isDirectory() and not fs.listStatus(p):
+            fs.delete(p, False)
 
     def glob(self, pattern: str) -> list[str]:
         p, fs = self._path(pattern)
@@ -378,7 +409,12 @@ def _typed(name: str, logical: str, source_type: DataType) -> tuple[Column, Colu
         sql_type = _SQL_TYPES[logical]
         if logical in ("long", "int"):
             # '12.0' (pandas writes integer columns with nulls as floats) is 12; '12.5' is not.
-            value = f"try_cast(regexp_replace({s}, '[.]0+$', '') as {sql_type})"
+            # try_cast alone rejects any '.', so trying it first gives the same values and leaves
+            # the regex (the dearest part of typing an id column) to the rare '12.0'.
+            value = (
+                f"coalesce(try_cast({s} as {sql_type}), "
+                f"try_cast(regexp_replace({s}, '[.]0+$', '') as {sql_type}))"
+            )
         elif logical == "timestamp":
             value = f"CASE WHEN {s} RLIKE '{_TIMESTAMP_RE}' THEN try_cast({s} as timestamp) END"
         elif logical == "date":
@@ -421,18 +457,46 @@ def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
     for i, (_, logical) in enumerate(table.columns):
         bad = F.coalesce(F.col(f"__p{i}"), F.lit(False)) & F.col(f"__v{i}").isNull()
         checks.append(F.when(bad, F.lit(f"bad_{logical}:{names[i]}")))
-    return tagged.withColumn("__reason", F.coalesce(*checks))
+    return tagged.withColumn(REASON, F.coalesce(*checks))
 
 
-def _split(tagged: DataFrame, raw_columns: list[str], table: RawTable) -> Checked:
+def stage_rows(raw: DataFrame, table: RawTable) -> DataFrame:
+    """Every raw row once, with its fate decided: ``__reason`` (null: keep), the typed values
+    ``__v<i>`` (declared order), ``_source`` and, for rejected rows only, the raw row as JSON in
+    ``__record``.
+
+    Kept rows, rejected rows and the counts are all projections of this one frame, so the run
+    writes it once (the only pass over the raw files) and derives the rest from that copy.
+    Columns are positional (``__v<i>``) so names Delta cannot store as-is need no special care.
+    """
     from pyspark.sql import functions as F
 
-    kept = tagged.where(F.col("__reason").isNull()).select(
-        *[F.col(f"__v{i}").alias(c) for i, c in enumerate(table.column_names)],
-        *([F.col(SOURCE)] if SOURCE in raw_columns else []),
+    tagged = _tag(raw, table)
+    record = F.to_json(F.struct(*[F.col(_q(c)) for c in raw.columns]))
+    return tagged.select(
+        F.col(REASON),
+        *[F.col(f"__v{i}") for i in range(len(table.columns))],
+        *([F.col(SOURCE)] if SOURCE in raw.columns else []),
+        F.when(F.col(REASON).isNotNull(), record).alias(RECORD),
     )
-    bad_rows = tagged.where(F.col("__reason").isNotNull())
-    return Checked(kept, rejects(bad_rows, STAGE, table.name, F.col("__reason"), raw_columns))
+
+
+def unstage(staged: DataFrame, table: RawTable) -> Checked:
+    """The kept rows (declared names and types, plus ``_source``) and the rejected rows (in the
+    quarantine shape) of a :func:`stage_rows` frame."""
+    from pyspark.sql import functions as F
+
+    kept = staged.where(F.col(REASON).isNull()).select(
+        *[F.col(f"__v{i}").alias(c) for i, c in enumerate(table.column_names)],
+        *([F.col(SOURCE)] if SOURCE in staged.columns else []),
+    )
+    rejected = staged.where(F.col(REASON).isNotNull()).select(
+        F.lit(STAGE).alias("stage"),
+        F.lit(table.name).alias("source"),
+        F.col(REASON).alias("reason"),
+        F.col(RECORD).alias("record"),
+    )
+    return Checked(kept, rejected)
 
 
 def apply_types(raw: DataFrame, table: RawTable) -> Checked:
@@ -444,7 +508,7 @@ def apply_types(raw: DataFrame, table: RawTable) -> Checked:
     column decides both halves, so rows in = kept + rejected. Kept rows have the declared columns
     in declared order plus ``_source``; rejected ones carry the raw row (as read) as JSON.
     """
-    return _split(_tag(raw, table), list(raw.columns), table)
+    return unstage(stage_rows(raw, table), table)
 
 
 def filter_items(df: DataFrame, itemids: Sequence[int] | None) -> DataFrame:
@@ -554,6 +618,11 @@ def bronze_path(out: str, table: str) -> str:
     return _join(out, f"bronze/{table}")
 
 
+def staging_path(out: str, table: str) -> str:
+    """Where the one pass over ``table``'s raw files lands; it lives for the run only."""
+    return _join(out, f"bronze/{STAGING}/{table}")
+
+
 _DELTA_INVALID_NAME_CHARS = frozenset(" ,;{}()\n\t=")
 
 
@@ -585,50 +654,177 @@ def _rows_written(spark: SparkSession, path: str) -> int:
     return int(commit["operationMetrics"]["numOutputRows"])
 
 
+class _Plan(NamedTuple):
+    name: str
+    table: RawTable
+    loc: Located
+    staged: DataFrame  # stage_rows over the raw files
+    filtered: bool  # an events table filtered to cfg.itemids
+
+
+def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
+    """Run ``tasks`` (each one or more Spark actions) from ``workers`` threads; results in order.
+
+    A ``.csv.gz`` is one Spark task, so one table at a time leaves all cores but one idle; side
+    by side, chartevents and labevents (and the small tables) share the machine. The first
+    failure cancels the other tables' jobs (a corrupt labevents is reported without waiting for
+    chartevents) and is raised as is.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        return [task() for task in tasks]
+    sc = spark.sparkContext
+    group = f"medmod-ingest-{uuid.uuid4().hex[:12]}"
+
+    def call(task: Callable[[], T]) -> T:
+        sc.setJobGroup(group, "medmod bronze ingest", interruptOnCancel=True)
+        return task()
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="ingest") as pool:
+        futures = [pool.submit(call, task) for task in tasks]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            sc.cancelJobGroup(group)
+            raise
+
+
+def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
+    """The one read of ``plan``'s raw files: every row, typed and tagged, to ``path``."""
+    _HadoopFs(spark).delete(path)  # left over by a killed run: start clean
+    writer = (
+        plan.staged.write.format("delta")
+        .mode("overwrite")
+        # File statistics on __reason only (the first column): files without rejects are skipped
+        # when the quarantine is read, and the single-task raw pass computes no stats it never uses.
+        .option("delta.dataSkippingNumIndexedCols", "1")
+    )
+    start = time.monotonic()
+    with _naming_files(plan.loc.files, what=f"reading table {plan.name} from", spark=spark):
+        writer.save(path)
+    log.info("ingest %s: raw files read and staged in %.1fs", plan.name, time.monotonic() - start)
+
+
+def _wanted(plan: _Plan, cfg: IngestConfig) -> Column:
+    """True for the staged rows bronze keeps once valid: events of ``cfg.itemids``, all others."""
+    from pyspark.sql import functions as F
+
+    if not plan.filtered:
+        return F.lit(True)
+    itemid = F.col(f"__v{plan.table.column_names.index('itemid')}")
+    return itemid.isin([int(i) for i in cfg.itemids or ()])
+
+
+def _count_staged(
+    spark: SparkSession, plans: Sequence[_Plan], cfg: IngestConfig, out: str
+) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+    """{table: (rows_in / kept / rejected / filtered_out, rejected by reason)} of the staged rows.
+
+    One Spark job for all tables (reading two columns of each staging table), not one per table.
+    """
+    from pyspark.sql import functions as F
+
+    parts = [
+        spark.read.format("delta")
+        .load(staging_path(out, p.name))
+        .select(F.lit(p.name).alias("table"), F.col(REASON), _wanted(p, cfg).alias("wanted"))
+        for p in plans
+    ]
+    groups = reduce(lambda a, b: a.unionByName(b), parts).groupBy("table", REASON, "wanted").count().collect()
+    out_counts = {}
+    for p in plans:
+        mine = [r for r in groups if r["table"] == p.name]
+        by_reason: dict[str, int] = {}
+        for r in mine:
+            if r[REASON] is not None:
+                by_reason[r[REASON]] = by_reason.get(r[REASON], 0) + r["count"]
+        c = {
+            "rows_in": sum(r["count"] for r in mine),
+            "kept": sum(r["count"] for r in mine if r[REASON] is None and r["wanted"]),
+            "rejected": sum(by_reason.values()),
+            "filtered_out": sum(r["count"] for r in mine if r[REASON] is None and not r["wanted"]),
+        }
+        out_counts[p.name] = (c, by_reason)
+    return out_counts
+
+
+def _write_bronze(
+    spark: SparkSession, plan: _Plan, cfg: IngestConfig, out: str, expected: dict[str, int]
+) -> None:
+    """The kept rows of the staged table to ``bronze/<table>``; checks that the rows written are
+    the rows counted as kept (``rows_in = kept + rejected + filtered_out`` then holds for what
+    is really in the table)."""
+    start = time.monotonic()
+    kept = unstage(spark.read.format("delta").load(staging_path(out, plan.name)), plan.table).kept
+    _write_delta(filter_items(kept, cfg.itemids) if plan.filtered else kept, bronze_path(out, plan.name))
+    written = _rows_written(spark, bronze_path(out, plan.name))
+    if written != expected["kept"]:
+        raise IngestError(
+            f"bookkeeping does not add up for {plan.name}: {expected}, but {written} rows written"
+        )
+    log.info("ingest %s: bronze table written in %.1fs", plan.name, time.monotonic() - start)
+
+
 def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str, int]]:
     """Write ``<out>/bronze/<table>`` for every configured table and ``<out>/bronze/quarantine``.
 
     Returns {table: {rows_in, kept, rejected, filtered_out}} with rows_in = kept + rejected +
-    filtered_out (filtered_out: events of items outside ``cfg.itemids``), checked here. Each table
-    is replaced atomically (Delta overwrite; the quarantine by ``replaceWhere`` on the tables of
-    this run), so a re-run never appends and a failed one leaves the last version readable. All
-    input files are located and their headers checked before the first write. Per table the raw
-    input is read three times: the kept rows, the counts by reason, the quarantine.
+    filtered_out (filtered_out: events of items outside ``cfg.itemids``), checked here against
+    the rows read and written. Each raw input is read once: its rows, typed and tagged with
+    their reason (:func:`stage_rows`), go to a staging table ``bronze/_staging/<table>``; kept
+    rows, counts and quarantine are cheap columnar reads of that copy, which is deleted at the
+    end (also when the run fails). All inputs are located and their headers checked before the
+    first write, and all of them are read before the first bronze table is touched, so a
+    damaged input leaves the whole bronze layer as it was. Each table is replaced atomically
+    (Delta overwrite; the quarantine by ``replaceWhere`` on the tables of this run), so a re-run
+    never appends and a failed one leaves the last version readable.
     """
     needs_mimic = any(t not in CXR_TABLES for t in cfg.tables)
     layout = resolve_layout(spark, cfg.raw, cfg.layout) if needs_mimic else "v2"
-    plans = []
+    fs = _HadoopFs(spark)
+    plans: list[_Plan] = []
     for name in cfg.tables:
         root, table = _table(cfg, name, layout)
         loc = locate(spark, root, table)
         log.info("ingest %s: %s (%s, %d file(s))", name, loc.path, loc.format, len(loc.files))
-        raw = read_raw(spark, loc, table)
-        tagged = _tag(raw, table)
-        plans.append((name, loc, tagged, _split(tagged, list(raw.columns), table)))
-
-    counts: dict[str, dict[str, int]] = {}
-    for name, loc, tagged, checked in plans:
         filtered = name in EVENT_TABLES and cfg.itemids is not None
-        kept = filter_items(checked.kept, cfg.itemids) if filtered else checked.kept
-        path = bronze_path(out, name)
-        with _naming_files(loc.files, what=f"reading table {name} from", spark=spark):
-            _write_delta(kept, path)
-            by_reason = {r["__reason"]: r["count"] for r in tagged.groupBy("__reason").count().collect()}
-        rows_in = sum(by_reason.values())
-        c = {"rows_in": rows_in, "kept": _rows_written(spark, path)}
-        c["rejected"] = rows_in - by_reason.get(None, 0)
-        c["filtered_out"] = rows_in - c["kept"] - c["rejected"]
-        if c["filtered_out"] < 0 or (c["filtered_out"] and not filtered):
-            raise IngestError(f"bookkeeping does not add up for {name}: {c}")
-        log.info("ingest %s: %s; rejected by reason: %s", name, c, {k: v for k, v in by_reason.items() if k})
-        counts[name] = c
+        plans.append(_Plan(name, table, loc, stage_rows(read_raw(spark, loc, table), table), filtered))
 
-    all_files = [f for _, loc, _, _ in plans for f in loc.files]
-    quarantine = reduce(lambda a, b: a.unionByName(b.rejected), [p[3] for p in plans], empty_rejects(spark))
-    # Replace only this run's tables: ingesting one table again keeps the others' rejects.
-    this_run = "source IN (" + ", ".join(f"'{name}'" for name in cfg.tables) + ")"
-    with _naming_files(all_files, spark=spark):
+    workers = cfg.concurrency or spark.sparkContext.defaultParallelism
+    # Biggest inputs first: the longest single-task read starts at once, small tables fill in.
+    by_size = sorted(plans, key=lambda p: -fs.size(p.loc.files))
+    try:
+        _in_parallel(
+            spark, [partial(_write_staging, spark, p, staging_path(out, p.name)) for p in by_size], workers
+        )
+        staged_counts = _count_staged(spark, plans, cfg, out)
+        for p in plans:
+            c, by_reason = staged_counts[p.name]
+            log.info("ingest %s: %s; rejected by reason: %s", p.name, c, by_reason)
+        counts = {name: c for name, (c, _) in staged_counts.items()}
+        _in_parallel(
+            spark, [partial(_write_bronze, spark, p, cfg, out, counts[p.name]) for p in by_size], workers
+        )
+        # Tables without rejects add nothing (but stay in replaceWhere: their old rejects go).
+        quarantine = reduce(
+            lambda acc, p: acc.unionByName(
+                unstage(spark.read.format("delta").load(staging_path(out, p.name)), p.table).rejected
+            ),
+            [p for p in plans if counts[p.name]["rejected"]],
+            empty_rejects(spark),
+        )
+        # Replace only this run's tables: ingesting one table again keeps the others' rejects.
+        this_run = "source IN (" + ", ".join(f"'{name}'" for name in cfg.tables) + ")"
         quarantine.write.format("delta").mode("overwrite").option("replaceWhere", this_run).save(
             bronze_path(out, QUARANTINE)
         )
-    return counts
+    finally:
+        for p in plans:
+            fs.delete(staging_path(out, p.name))
+        fs.delete_if_empty(_join(out, f"bronze/{STAGING}"))
+    return {name: counts[name] for name in cfg.tables}

@@ -329,6 +329,39 @@ def test_run_writes_bronze_and_quarantine(spark, tmp_path):
     assert sorted(r["source"] for r in q.collect()) == ["chartevents", "patients"]
 
 
+def test_damaged_input_leaves_bronze_untouched_and_no_staging(spark, tmp_path):
+    """Every input is read (once, into bronze/_staging) before any bronze table is replaced, so a
+    damaged one fails the run with the whole bronze layer as it was; staging copies never stay."""
+    from delta.tables import DeltaTable
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    pts = [dict(subject_id=str(i), gender="F", anchor_age="60", anchor_year="2150") for i in range(3)]
+    write(raw / "hosp/patients.csv.gz", csv_text(V2["patients"].column_names, pts))
+    rng = random.Random(2)
+    dx = [
+        dict(subject_id=str(i), hadm_id=str(i), icd_code=uuid.UUID(int=rng.getrandbits(128)).hex)
+        for i in range(3000)
+    ]
+    dx_text = csv_text(V2["diagnoses_icd"].column_names, dx)
+    write(raw / "hosp/diagnoses_icd.csv.gz", dx_text)
+    cfg = IngestConfig(
+        raw=str(raw), cxr=str(tmp_path / "cxr"), layout="v2", tables=["patients", "diagnoses_icd"]
+    )
+    assert ingest.run(spark, cfg, str(out))["diagnoses_icd"]["kept"] == 3000
+    assert not (out / "bronze/_staging").exists()
+
+    blob = gzip.compress(dx_text.encode())
+    (raw / "hosp/diagnoses_icd.csv.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CorruptInputError, match="diagnoses_icd.csv.gz"):
+        ingest.run(spark, cfg, str(out))
+    assert not (out / "bronze/_staging").exists()
+    for table in ("patients", "diagnoses_icd"):
+        (last,) = (
+            DeltaTable.forPath(spark, str(out / "bronze" / table)).history(1).select("version").collect()
+        )
+        assert last["version"] == 0  # not replaced by the failed run
+
+
 def _s3a_bucket_conf(spark, endpoint: str, bucket: str) -> None:
     """Point S3A at the moto server for ``bucket`` only (per-bucket keys leave others alone)."""
     import os

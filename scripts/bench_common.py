@@ -1,0 +1,278 @@
+"""What the performance benchmarks share: running a measured child process, machine facts, and
+appending a dated section to ``BENCHMARKS.md``.
+
+Each measured run is a fresh child process (its own Spark driver JVM), so one size's JIT warm-up,
+cached data or grown heap never flatters or burdens the next, and peak memory is that run's own.
+The parent samples the child's whole process tree (Python driver, the JVM it starts, the Python
+workers the JVM forks) with psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger("medmod.bench")
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+GIB = 1024**3
+
+# MIMIC-IV v2.2 / MIMIC-CXR-JPG 2.0.0 sizes the extrapolations aim at.
+MIMIC_CHARTEVENTS = 313_000_000
+MIMIC_LABEVENTS = 118_000_000
+MIMIC_EVENTS = MIMIC_CHARTEVENTS + MIMIC_LABEVENTS
+MIMIC_IMAGES = 377_000
+
+
+@dataclass
+class TreeUsage:
+    """Peak resident memory of a process tree (sum over its processes at one instant) and the CPU
+    seconds its processes used (their last sample; a process's children are not double counted)."""
+
+    peak_rss: int = 0
+    peak_rss_by_kind: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    samples: int = 0
+
+
+def _kind(proc: psutil.Process, root_pid: int) -> str:
+    """driver_python (the root), jvm, python_workers or other (launcher shells, helpers)."""
+    if proc.pid == root_pid:
+        return "driver_python"
+    name = proc.name().lower()
+    if name.startswith("java"):
+        return "jvm"
+    if name.startswith("python"):
+        return "python_workers"
+    return "other"
+
+
+class TreeMonitor:
+    """Samples RSS and CPU time of ``pid`` and all its descendants every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.usage = TreeUsage()
+        self._cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="tree-monitor")
+
+    def _sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total, by_kind, seen = 0, {}, set()
+        for proc in procs:
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
+            try:
+                with proc.oneshot():
+                    rss = proc.memory_info().rss
+                    times = proc.cpu_times()
+                    kind = _kind(proc, self.root.pid)
+            except psutil.Error:
+                continue
+            total += rss
+            by_kind[kind] = by_kind.get(kind, 0) + rss
+            self._cpu[proc.pid] = times.user + times.system
+        u = self.usage
+        u.samples += 1
+        u.peak_rss = max(u.peak_rss, total)
+        for kind, rss in by_kind.items():
+            u.peak_rss_by_kind[kind] = max(u.peak_rss_by_kind.get(kind, 0), rss)
+        u.cpu_s = sum(self._cpu.values())
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class ChildRun:
+    result: dict
+    wall_s: float
+    usage: TreeUsage
+
+
+def run_child(script: Path, spec: dict, log_path: Path, interval: float = 0.5) -> ChildRun:
+    """Run ``script --child SPEC.json`` in a fresh process under a :class:`TreeMonitor`.
+
+    The child writes its result as JSON to ``spec["result"]``; its stdout/stderr go to ``log_path``
+    (the Spark logs of a failed run are there, not lost in the benchmark's own output).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path = log_path.with_suffix(".spec.json")
+    result_path = log_path.with_suffix(".result.json")
+    spec = dict(spec, result=str(result_path))
+    spec_path.write_text(json.dumps(spec, indent=2))
+    result_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--child", str(spec_path)], stdout=out, stderr=subprocess.STDOUT
+        )
+        with TreeMonitor(proc.pid, interval) as monitor:
+            rc = proc.wait()
+    wall = time.perf_counter() - start
+    if rc != 0 or not result_path.exists():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"benchmark child failed (exit {rc}); log {log_path}:\n{tail}")
+    return ChildRun(json.loads(result_path.read_text()), wall, monitor.usage)
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def _java_version() -> str:
+    try:
+        out = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30)
+        return (out.stderr or out.stdout).splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _git_describe() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_facts() -> dict[str, str]:
+    """What a reader needs to compare a number with their own: cores, RAM, versions, load."""
+    vm = psutil.virtual_memory()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "cpu": _cpu_model(),
+        "cores": f"{psutil.cpu_count(logical=True)} logical / {psutil.cpu_count(logical=False)} physical",
+        "ram": f"{vm.total / GIB:.1f} GiB ({vm.available / GIB:.1f} GiB available at start)",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "pyspark": _version("pyspark"),
+        "delta-spark": _version("delta-spark"),
+        "java": _java_version(),
+        "code": _git_describe(),
+        "load average at start (1/5/15 min)": load,
+    }
+
+
+def command_line() -> str:
+    """The command as typed, relative to the repository root where possible."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        shown = str(script.relative_to(REPO))
+    except ValueError:
+        shown = str(script)
+    args = " ".join(_quote(a) for a in sys.argv[1:])
+    return f"python {shown} {args}".strip()
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def table(headers: list[str], rows: list[list[object]], numbers: bool = True) -> str:
+    """A GitHub markdown table: first column left-aligned (labels), the others right-aligned
+    (``numbers``) or left-aligned (text)."""
+    align = ["---"] + ["---:" if numbers else "---"] * (len(headers) - 1)
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mib(n: float) -> str:
+    return f"{n / 1024**2:,.0f} MiB"
+
+
+def duration(seconds: float) -> str:
+    """1234 s -> '20.6 min'; big values in hours or days, so extrapolations read at a glance."""
+    if seconds < 120:
+        return f"{seconds:,.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:,.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:,.1f} h"
+    return f"{seconds / 86400:,.1f} days"
+
+
+def append_section(text: str, path: Path = BENCHMARKS_MD) -> None:
+    """Append ``text`` to BENCHMARKS.md (created with a short preamble if absent)."""
+    if not path.exists():
+        path.write_text(
+            "# Benchmarks\n\n"
+            "Dated sections appended by `scripts/bench_synth.py` (synthetic data generator) and\n"
+            "`scripts/bench_etl.py` (the ETL). Each section records its exact command and machine;\n"
+            "compare numbers only between sections from comparable machines.\n"
+        )
+    with open(path, "a") as fh:
+        fh.write("\n" + text.rstrip() + "\n")
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
