@@ -462,7 +462,7 @@ def tag_values(events: DataFrame, outliers: bool = True) -> DataFrame:
 # 5 + 6: duplicates and derived GCS total
 
 
-def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True) -> Checked:
+def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True, persist: bool = False) -> Checked:
     """Kept events (contract columns) and rejects, from :func:`tag_values` output; one shuffle.
 
     Duplicates: among rows without a reason, one per (stay_id, charttime, variable) survives —
@@ -473,6 +473,9 @@ def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True) -> Check
     (stay_id, charttime) are all present and no GCS total is charted then, the eye row also emits
     a total row (itemid -1, source ``derived``, value = E + V + M as text). Both windows run on
     one partitioning by (stay_id, charttime), so events are shuffled once.
+
+    ``persist``: keep the ranked rows (memory, spilling to disk) so that the kept and the rejected
+    half share one shuffle; the caller calls ``release()`` on the result when both are written.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -488,6 +491,8 @@ def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True) -> Check
     ranked = tagged.repartition("stay_id", "charttime").withColumn(
         "__rank", F.row_number().over(per_variable)
     )
+    if persist:
+        ranked = ranked.persist()
     reason = F.coalesce(F.col("__reason"), F.when(F.col("__rank") > 1, "duplicate"))
     out = _split(ranked, reason)
     variable = F.col("variable")
@@ -526,7 +531,7 @@ def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True) -> Check
         .alias("itemid"),
         F.when(derived, F.lit(DERIVED)).otherwise(F.col("source")).alias("source"),
     )
-    return Checked(events, out.rejected)
+    return Checked(events, out.rejected, (ranked,) if persist else ())
 
 
 def clean_values(events: DataFrame, outliers: bool = True) -> Checked:
@@ -540,7 +545,11 @@ def clean_values(events: DataFrame, outliers: bool = True) -> Checked:
 
 
 def build_events(
-    chartevents: DataFrame, labevents: DataFrame, stays: DataFrame, cfg: EventsConfig | None = None
+    chartevents: DataFrame,
+    labevents: DataFrame,
+    stays: DataFrame,
+    cfg: EventsConfig | None = None,
+    persist: bool = False,
 ) -> Checked:
     """Silver ``events`` (TABLES.md columns) and every rejected input row with its reason.
 
@@ -550,12 +559,12 @@ def build_events(
     silver stays (stay_id, subject_id, hadm_id, intime, outtime are read).
 
     Derived GCS totals are part of ``kept`` with ``source = 'derived'``; count them there. Both
-    halves come from one plan: when both are consumed, persist the inputs or the tagged rows, or
-    Spark computes the plan twice.
+    halves come from one plan: when both are consumed (the pipeline writes both), pass
+    ``persist=True`` and ``release()`` the result afterwards, or Spark computes the plan twice.
     """
     cfg = cfg or EventsConfig()
     mapped = map_items(raw_events(chartevents, labevents), cfg.item_map)
     attached = attach_stays(mapped.kept, stays)
-    final = dedupe_and_derive(tag_values(attached.kept, cfg.outliers), cfg.derive_gcs_total)
+    final = dedupe_and_derive(tag_values(attached.kept, cfg.outliers), cfg.derive_gcs_total, persist)
     rejected = mapped.rejected.unionByName(attached.rejected).unionByName(final.rejected)
-    return Checked(final.kept.select(*EVENTS_COLUMNS), rejected)
+    return Checked(final.kept.select(*EVENTS_COLUMNS), rejected, final.persisted)

@@ -42,6 +42,7 @@ QUARANTINE = "quarantine"
 STAGING = "_staging"
 REASON = "__reason"
 RECORD = "__record"
+WANTED = "__wanted"
 EVENT_TABLES = frozenset({"chartevents", "labevents"})
 DEFAULT_TABLES = (
     "patients",
@@ -112,7 +113,11 @@ class IngestConfig:
     local paths or ``s3a://`` / ``s3://`` URLs. ``itemids``: keep only these items of the events
     tables (None keeps all). ``concurrency``: how many tables are read / written at the same
     time (0: as many as Spark has cores); a ``.csv.gz`` is one Spark task however big it is, so
-    reading the tables side by side is what keeps more than one core busy.
+    reading the tables side by side is what keeps more than one core busy. ``spread``: the rows
+    of an input read by fewer tasks than Spark has cores (a ``.csv.gz``) are spread round-robin
+    over this many partitions right after parsing, so typing, checking and writing use every
+    core and bronze gets as many files for the later stages to read in parallel (0: two per
+    core, inputs of 8 MB and more; 1: off).
     """
 
     raw: str
@@ -121,6 +126,7 @@ class IngestConfig:
     tables: list[str] = field(default_factory=lambda: list(DEFAULT_TABLES))
     itemids: list[int] | None = None
     concurrency: int = 0
+    spread: int = 0
 
     def __post_init__(self) -> None:
         known = set(mimic_iv_tables("v2")) | set(CXR_TABLES)
@@ -129,6 +135,8 @@ class IngestConfig:
             raise ValueError(f"unknown table(s) {unknown}; known: {sorted(known)}")
         if self.concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0: one per core), got {self.concurrency}")
+        if self.spread < 0:
+            raise ValueError(f"spread must be >= 0 (0: two partitions per core), got {self.spread}")
 
 
 # --- file system -------------------------------------------------------------------------------
@@ -435,13 +443,35 @@ def _typed(name: str, logical: str, source_type: DataType) -> tuple[Column, Colu
     return F.when(cast.cast(source_type).eqNullSafe(F.col(col)), cast), present
 
 
-def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
-    """``raw`` plus the typed values ``__v<i>`` and the one ``__reason`` (null: keep)."""
+def item_wanted(raw: DataFrame, itemids: Sequence[int]) -> Column:
+    """True for the raw event rows worth typing: items in ``itemids``, and rows whose item cannot
+    be read (malformed line, missing or bad itemid: they are checked and rejected with their
+    reason). False for well-formed rows of other items, which are only counted (``filtered_out``):
+    on MIMIC-IV most chartevents rows are items the benchmark never uses, and typing them (the
+    timestamp checks above all) would be most of the ingest's work.
+    """
+    from pyspark.sql import functions as F
+
+    source_types = {f.name: f.dataType for f in raw.schema.fields}
+    item, _ = _typed("itemid", "long", source_types["itemid"])
+    wanted = item.isNull() | item.isin([int(i) for i in itemids])
+    return F.col(CORRUPT).isNotNull() | wanted if CORRUPT in raw.columns else wanted
+
+
+def _tag(raw: DataFrame, table: RawTable, wanted: Column | None = None) -> DataFrame:
+    """``raw`` plus the typed values ``__v<i>`` and the one ``__reason`` (null: keep).
+
+    With ``wanted`` (see :func:`item_wanted`) the rows where it is false are neither typed nor
+    checked: values and reason null, ``__wanted`` false.
+    """
     from pyspark.sql import functions as F
 
     source_types = {f.name: f.dataType for f in raw.schema.fields}
     names = table.column_names
     parsed = [_typed(c, logical, source_types[c]) for c, logical in table.columns]
+    if wanted is not None:
+        raw = raw.withColumn(WANTED, wanted)
+        parsed = [(F.when(F.col(WANTED), v), F.when(F.col(WANTED), p)) for v, p in parsed]
     tagged = raw.select(
         "*",
         *[value.alias(f"__v{i}") for i, (value, _) in enumerate(parsed)],
@@ -457,10 +487,11 @@ def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
     for i, (_, logical) in enumerate(table.columns):
         bad = F.coalesce(F.col(f"__p{i}"), F.lit(False)) & F.col(f"__v{i}").isNull()
         checks.append(F.when(bad, F.lit(f"bad_{logical}:{names[i]}")))
-    return tagged.withColumn(REASON, F.coalesce(*checks))
+    reason = F.coalesce(*checks)
+    return tagged.withColumn(REASON, reason if wanted is None else F.when(F.col(WANTED), reason))
 
 
-def stage_rows(raw: DataFrame, table: RawTable) -> DataFrame:
+def stage_rows(raw: DataFrame, table: RawTable, wanted: Column | None = None) -> DataFrame:
     """Every raw row once, with its fate decided: ``__reason`` (null: keep), the typed values
     ``__v<i>`` (declared order), ``_source`` and, for rejected rows only, the raw row as JSON in
     ``__record``.
@@ -468,16 +499,19 @@ def stage_rows(raw: DataFrame, table: RawTable) -> DataFrame:
     Kept rows, rejected rows and the counts are all projections of this one frame, so the run
     writes it once (the only pass over the raw files) and derives the rest from that copy.
     Columns are positional (``__v<i>``) so names Delta cannot store as-is need no special care.
+    ``wanted``: see :func:`item_wanted`; the rows it rules out are staged as ``__wanted`` false
+    (and nothing else) so that they are still counted.
     """
     from pyspark.sql import functions as F
 
-    tagged = _tag(raw, table)
+    tagged = _tag(raw, table, wanted)
     record = F.to_json(F.struct(*[F.col(_q(c)) for c in raw.columns]))
     return tagged.select(
         F.col(REASON),
         *[F.col(f"__v{i}") for i in range(len(table.columns))],
         *([F.col(SOURCE)] if SOURCE in raw.columns else []),
         F.when(F.col(REASON).isNotNull(), record).alias(RECORD),
+        *([F.col(WANTED)] if wanted is not None else []),
     )
 
 
@@ -486,7 +520,8 @@ def unstage(staged: DataFrame, table: RawTable) -> Checked:
     quarantine shape) of a :func:`stage_rows` frame."""
     from pyspark.sql import functions as F
 
-    kept = staged.where(F.col(REASON).isNull()).select(
+    keep = F.col(REASON).isNull() & (F.col(WANTED) if WANTED in staged.columns else F.lit(True))
+    kept = staged.where(keep).select(
         *[F.col(f"__v{i}").alias(c) for i, c in enumerate(table.column_names)],
         *([F.col(SOURCE)] if SOURCE in staged.columns else []),
     )
@@ -694,6 +729,24 @@ def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers:
             raise
 
 
+# Inputs smaller than this stay in the partitions they were read in: spreading them costs more
+# than the parallelism saves.
+_SPREAD_MIN_BYTES = 8 << 20
+
+
+def _spread(spark: SparkSession, raw: DataFrame, loc: Located, cfg: IngestConfig, fs: _HadoopFs) -> DataFrame:
+    """``raw`` over ``cfg.spread`` partitions when it is a big input read by a single task."""
+    cores = spark.sparkContext.defaultParallelism
+    target = cfg.spread or 2 * cores
+    # gzip & co. cannot be split: one task per file, however big (bzip2 can be split).
+    unsplittable = all(_is_compressed(f) and not f.endswith(".bz2") for f in loc.files)
+    single_task = loc.format == "csv" and unsplittable and len(loc.files) < cores
+    small = cfg.spread == 0 and fs.size(loc.files) < _SPREAD_MIN_BYTES  # auto skips small inputs
+    if target <= 1 or not single_task or small:
+        return raw
+    return raw.repartition(target)
+
+
 def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
     """The one read of ``plan``'s raw files: every row, typed and tagged, to ``path``."""
     _HadoopFs(spark).delete(path)  # left over by a killed run: start clean
@@ -710,14 +763,11 @@ def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
     log.info("ingest %s: raw files read and staged in %.1fs", plan.name, time.monotonic() - start)
 
 
-def _wanted(plan: _Plan, cfg: IngestConfig) -> Column:
-    """True for the staged rows bronze keeps once valid: events of ``cfg.itemids``, all others."""
+def _wanted(plan: _Plan) -> Column:
+    """True for the staged rows bronze keeps once valid: events of the wanted items, all others."""
     from pyspark.sql import functions as F
 
-    if not plan.filtered:
-        return F.lit(True)
-    itemid = F.col(f"__v{plan.table.column_names.index('itemid')}")
-    return itemid.isin([int(i) for i in cfg.itemids or ()])
+    return F.col(WANTED) if plan.filtered else F.lit(True)
 
 
 def _count_staged(
@@ -732,7 +782,7 @@ def _count_staged(
     parts = [
         spark.read.format("delta")
         .load(staging_path(out, p.name))
-        .select(F.lit(p.name).alias("table"), F.col(REASON), _wanted(p, cfg).alias("wanted"))
+        .select(F.lit(p.name).alias("table"), F.col(REASON), _wanted(p).alias("wanted"))
         for p in plans
     ]
     groups = reduce(lambda a, b: a.unionByName(b), parts).groupBy("table", REASON, "wanted").count().collect()
@@ -793,7 +843,9 @@ def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str,
         loc = locate(spark, root, table)
         log.info("ingest %s: %s (%s, %d file(s))", name, loc.path, loc.format, len(loc.files))
         filtered = name in EVENT_TABLES and cfg.itemids is not None
-        plans.append(_Plan(name, table, loc, stage_rows(read_raw(spark, loc, table), table), filtered))
+        raw = _spread(spark, read_raw(spark, loc, table), loc, cfg, fs)
+        wanted = item_wanted(raw, cfg.itemids or ()) if filtered else None
+        plans.append(_Plan(name, table, loc, stage_rows(raw, table, wanted), filtered))
 
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.

@@ -143,8 +143,11 @@ class Pipeline:
     def checked_stage(
         self, stage: str, layer: str, table: str, checked: Checked, rows_in: int, stage_cfg, partition_by=None
     ):
-        kept = self.write(stage, layer, table, checked.kept, stage_cfg, partition_by)
-        rejected = self.quarantine(stage, layer, checked.rejected, stage_cfg).get(stage, {})
+        try:
+            kept = self.write(stage, layer, table, checked.kept, stage_cfg, partition_by)
+            rejected = self.quarantine(stage, layer, checked.rejected, stage_cfg).get(stage, {})
+        finally:
+            checked.release()
         self.report(StageReport(stage, table, rows_in, kept, rejected))
         return kept
 
@@ -179,7 +182,7 @@ class Pipeline:
 
     def events(self) -> None:
         chart, lab = self.read("bronze", "chartevents"), self.read("bronze", "labevents")
-        checked = build_events(chart, lab, self.read("silver", "stays"), self.cfg.events)
+        checked = build_events(chart, lab, self.read("silver", "stays"), self.cfg.events, persist=True)
         rows_in = self.count("bronze", "chartevents") + self.count("bronze", "labevents")
         self.checked_stage("events", "silver", "events", checked, rows_in, self.cfg.events)
 

@@ -8,7 +8,7 @@ the tests hold every stage to: rows in = rows kept + rows rejected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,9 +21,16 @@ REJECT_COLUMNS = ("stage", "source", "reason", "record")
 class Checked:
     kept: DataFrame
     rejected: DataFrame
+    # Frames both halves are computed from, persisted so that writing the kept rows and then the
+    # rejected ones does not run the whole plan twice; :meth:`release` frees them.
+    persisted: tuple[DataFrame, ...] = field(default=(), repr=False)
 
     def union(self, other: Checked) -> Checked:
-        return Checked(self.kept, self.rejected.unionByName(other.rejected))
+        return Checked(self.kept, self.rejected.unionByName(other.rejected), self.persisted + other.persisted)
+
+    def release(self) -> None:
+        for df in self.persisted:
+            df.unpersist()
 
 
 def rejects(

@@ -40,7 +40,9 @@ class SparkConfig:
     master: str = "local[*]"
     app_name: str = "medmod"
     driver_memory: str = "4g"
-    shuffle_partitions: int = 8
+    # Upper bound on the tasks of a shuffle; adaptive execution coalesces them to ~64 MB each,
+    # so small inputs get a few tasks and MIMIC-size ones are not squeezed into 8 huge ones.
+    shuffle_partitions: int = 200
     log_level: str = "WARN"
     s3: S3Config = field(default_factory=S3Config)
     # Any other spark.* setting, passed through verbatim.
@@ -78,6 +80,9 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.adaptive.advisoryPartitionSizeInBytes": "64m",
         "spark.sql.session.timeZone": "UTC",
         "spark.driver.memory": cfg.driver_memory,
         "spark.ui.enabled": "false",

@@ -405,3 +405,89 @@ def test_read_from_s3(spark, s3_server):
     assert reasons(checked.rejected) == {"null_id:subject_id": 1}
     with pytest.raises(MissingInputError, match=f"s3a://{bucket}/mimic-iv/hosp/labevents.csv.gz"):
         locate(spark, root, V2["labevents"])
+
+
+def _bronze_rows(spark, out: Path, table: str) -> list[tuple]:
+    return sorted(tuple(r) for r in spark.read.format("delta").load(str(out / "bronze" / table)).collect())
+
+
+def _bronze_files(spark, out: Path, table: str) -> int:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, str(out / "bronze" / table)).detail().first()["numFiles"]
+
+
+def test_spread_single_gzip_same_rows_more_files(spark, tmp_path):
+    """A .csv.gz is read by one task; spreading its rows before typing changes the parallelism
+    (bronze files) and nothing else: same rows, same counts, same quarantine."""
+    raw = tmp_path / "raw"
+    rng = random.Random(1)
+    events = [
+        dict(
+            subject_id=str(rng.randint(1, 50)),
+            hadm_id="10",
+            stay_id=str(rng.randint(100, 120)),
+            itemid=rng.choice(["220045", "220210", "1"]),
+            charttime=rng.choice(["2180-01-01 10:00:00", "2180-01-02 11:30:00", "garbage"]),
+            value=str(rng.randint(40, 140)),
+        )
+        for _ in range(600)
+    ]
+    write(raw / "icu/chartevents.csv.gz", csv_text(V2["chartevents"].column_names, events))
+    results = {}
+    for spread in (1, 4):
+        out = tmp_path / f"out{spread}"
+        cfg = IngestConfig(
+            raw=str(raw), cxr="", layout="v2", tables=["chartevents"], itemids=[220045, 220210], spread=spread
+        )
+        counts = ingest.run(spark, cfg, str(out))
+        quarantine = sorted(
+            (r["reason"], r["record"]) for r in spark.read.format("delta").load(str(out / "bronze/quarantine")).collect()
+        )
+        results[spread] = (counts, _bronze_rows(spark, out, "chartevents"), quarantine)
+        files = _bronze_files(spark, out, "chartevents")
+        assert files == 1 if spread == 1 else files > 1
+    assert results[1] == results[4]
+    counts = results[4][0]["chartevents"]
+    assert counts["rows_in"] == 600 and counts["rejected"] > 0 and counts["filtered_out"] > 0
+    assert counts["rows_in"] == counts["kept"] + counts["rejected"] + counts["filtered_out"]
+
+
+def test_spread_truncated_gzip_still_names_the_file(spark, tmp_path):
+    table = V2["patients"]
+    rows = [dict(subject_id=str(i), gender="F", anchor_age="50", anchor_year="2150") for i in range(5000)]
+    blob = gzip.compress(csv_text(table.column_names, rows).encode())
+    path = tmp_path / "raw/hosp/patients.csv.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(blob[: len(blob) // 2])
+    cfg = IngestConfig(raw=str(tmp_path / "raw"), cxr="", layout="v2", tables=["patients"], spread=3)
+    with pytest.raises(CorruptInputError) as err:
+        ingest.run(spark, cfg, str(tmp_path / "out"))
+    assert str(path) in str(err.value) and len(str(err.value).splitlines()) < 12
+
+
+def test_unused_items_are_counted_not_typed(spark, tmp_path):
+    """Rows of items outside ``itemids`` are filtered out before typing (a bad timestamp there is
+    not a reject); rows whose item cannot be read are checked and rejected as usual."""
+    raw = tmp_path / "raw"
+    ev = dict(subject_id="1", hadm_id="10", stay_id="100", charttime="2180-01-01 10:00:00", value="7")
+    events = [
+        ev | dict(itemid="220045"),  # kept
+        ev | dict(itemid="220045", charttime="not a time"),  # wanted, bad -> rejected
+        ev | dict(itemid="999", charttime="not a time"),  # unused item: filtered_out, never typed
+        ev | dict(itemid="999"),  # filtered_out
+        ev | dict(itemid="x1"),  # item unreadable -> rejected
+        ev | dict(itemid=""),  # no item -> rejected
+    ]
+    text = csv_text(V2["chartevents"].column_names, events, extra_lines=("1,2,3",))  # malformed
+    write(raw / "icu/chartevents.csv.gz", text)
+    cfg = IngestConfig(raw=str(raw), cxr="", layout="v2", tables=["chartevents"], itemids=[220045])
+    counts = ingest.run(spark, cfg, str(tmp_path / "out"))
+    assert counts["chartevents"] == dict(rows_in=7, kept=1, rejected=4, filtered_out=2)
+    q = spark.read.format("delta").load(str(tmp_path / "out/bronze/quarantine"))
+    assert reasons(q) == {
+        "bad_timestamp:charttime": 1,
+        "bad_long:itemid": 1,
+        "null_id:itemid": 1,
+        "malformed_line": 1,
+    }
