@@ -40,9 +40,10 @@ class SparkConfig:
     master: str = "local[*]"
     app_name: str = "medmod"
     driver_memory: str = "4g"
-    # Upper bound on the tasks of a shuffle; adaptive execution coalesces them to ~64 MB each,
-    # so small inputs get a few tasks and MIMIC-size ones are not squeezed into 8 huge ones.
-    shuffle_partitions: int = 200
+    # Tasks of a shuffle; 0: four per core of the master (local[*]: the machine, a cluster: its
+    # executors' cores). Adaptive execution coalesces small ones (~64 MB each), so the count is an
+    # upper bound that grows with the cluster instead of a fixed 8 or Spark's 200.
+    shuffle_partitions: int = 0
     log_level: str = "WARN"
     s3: S3Config = field(default_factory=S3Config)
     # Any other spark.* setting, passed through verbatim.
@@ -79,7 +80,7 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.jars": ",".join(str(p) for p in jars.local_paths()),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions or 8),
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
         "spark.sql.adaptive.advisoryPartitionSizeInBytes": "64m",
@@ -112,6 +113,8 @@ def build_spark(cfg: SparkConfig | None = None):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if not cfg.shuffle_partitions and "spark.sql.shuffle.partitions" not in cfg.extra:
+        spark.conf.set("spark.sql.shuffle.partitions", str(max(8, 4 * spark.sparkContext.defaultParallelism)))
     _quiet_py4j()
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark

@@ -24,7 +24,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import fsspec
-import numpy as np
 import pandas as pd
 
 from spark_jobs.mimic_schema import CXR_TABLES, mimic_iv_tables

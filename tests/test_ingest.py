@@ -442,7 +442,8 @@ def test_spread_single_gzip_same_rows_more_files(spark, tmp_path):
         )
         counts = ingest.run(spark, cfg, str(out))
         quarantine = sorted(
-            (r["reason"], r["record"]) for r in spark.read.format("delta").load(str(out / "bronze/quarantine")).collect()
+            (r["reason"], r["record"])
+            for r in spark.read.format("delta").load(str(out / "bronze/quarantine")).collect()
         )
         results[spread] = (counts, _bronze_rows(spark, out, "chartevents"), quarantine)
         files = _bronze_files(spark, out, "chartevents")
