@@ -19,9 +19,9 @@ Record decoding, normalization, image transforms and collation belong to ``shard
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import count, islice
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ class ShardData:
     cfg: RunConfig
     ctx: DistContext
     manifest: dict[str, Any]
-    loader: Callable[..., torch.utils.data.DataLoader]
+    loader: Callable[..., Iterable[Batch]]
     mode: str
     steps_per_epoch: int
 
@@ -90,24 +90,12 @@ def steps_per_epoch(manifest: dict[str, Any], cfg: RunConfig, world: int, mode: 
 
 
 def _wds_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mode: str):
-    from shards.reader import ReaderConfig, collate_samples, collate_sequences, shard_dataset
-    from shards.transforms import ImageTransformConfig
+    from shards.reader import collate_samples, collate_sequences, shard_dataset
 
-    image = ImageTransformConfig(resize=cfg.data.image_resize, crop=cfg.data.image_crop)
     collate = collate_sequences if mode == "sequence" else collate_samples
 
     def build(split: str, train: bool, seed: int, batch_size: int) -> torch.utils.data.DataLoader:
-        reader = ReaderConfig(
-            task=cfg.task,
-            split=split,
-            mode=mode,
-            train=train,
-            exact=not train,
-            repeat=train,
-            shuffle_buffer=cfg.data.shuffle_buffer,
-            seed=seed,
-            image=image,
-        )
+        reader = _reader_config(cfg, mode, split, train, seed)
         ds = shard_dataset(cfg.data.shards, reader, ctx.rank, ctx.world_size, manifest)
         workers = cfg.data.num_workers
         return torch.utils.data.DataLoader(
@@ -125,30 +113,45 @@ def _wds_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mode
     return build
 
 
+def _reader_config(cfg: RunConfig, mode: str, split: str, train: bool, seed: int) -> Any:
+    from shards.reader import ReaderConfig
+    from shards.transforms import ImageTransformConfig
+
+    return ReaderConfig(
+        task=cfg.task,
+        split=split,
+        mode=mode,
+        train=train,
+        exact=not train,
+        repeat=train,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        seed=seed,
+        image=ImageTransformConfig(resize=cfg.data.image_resize, crop=cfg.data.image_crop),
+    )
+
+
 def _dali_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mode: str):
+    """DALI passes over the rank's shards; training chains passes (new seed each) like ``repeat``."""
     try:
-        from shards.dali_reader import make_dali_loader
+        from shards.dali import dali_loader
     except ImportError as err:
-        raise DataError(f"data.loader=dali needs shards.dali_reader ({err})") from err
+        raise DataError(f"data.loader=dali needs shards.dali and nvidia-dali ({err})") from err
 
-    def build(split: str, train: bool, seed: int, batch_size: int):
-        return make_dali_loader(
-            cfg.data.shards,
-            task=cfg.task,
-            split=split,
-            mode=mode,
-            train=train,
-            seed=seed,
-            batch_size=batch_size,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            device=cfg.data.dali_device,
-            image_resize=cfg.data.image_resize,
-            image_crop=cfg.data.image_crop,
-            manifest=manifest,
-        )
+    def passes(split: str, train: bool, seed: int, batch_size: int) -> Iterator[Batch]:
+        for n in count() if train else range(1):
+            reader = _reader_config(cfg, mode, split, train, seed + 7 * n)
+            yield from dali_loader(
+                cfg.data.shards,
+                reader,
+                batch_size,
+                ctx.rank,
+                ctx.world_size,
+                device=cfg.data.dali_device,
+                num_threads=max(1, cfg.data.num_workers),
+                manifest=manifest,
+            )
 
-    return build
+    return passes
 
 
 LOADERS = {"wds": _wds_loader, "dali": _dali_loader}

@@ -145,6 +145,8 @@ class Trainer:
             (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if cfg.train.amp else nullcontext
         )
         self.writer = None
+        # Throughput of this process's training steps (this session only, resumed or not).
+        self.timing = {"data_s": 0.0, "step_s": 0.0, "samples": 0, "steps": 0}
 
     # ---------------------------------------------------------------- state and checkpoints
     def _state(self) -> dict[str, Any]:
@@ -197,6 +199,8 @@ class Trainer:
         self.best, self.bad_rounds = dict(state["best"]), int(state["bad_rounds"])
         self.history, self.finished = list(state["history"]), bool(state["finished"])
         self._resume_rng = state["rng"][self.ctx.rank]
+        # A rerun with more epochs/chunks/steps extends a finished run; patience stays spent.
+        self.finished = self.finished and self._stop_reason() is not None
         log.info("resumed from %s at step %d (round %d)", path, self.step, self.round)
         return True
 
@@ -209,10 +213,12 @@ class Trainer:
         """
         epoch, skip = divmod(self.step, self.data.steps_per_epoch)
         first = self.data.train_iter(epoch, skip)
-        return itertools.chain(first, *(self.data.train_iter(e, 0) for e in itertools.count(epoch + 1)))
+        later = (self.data.train_iter(e, 0) for e in itertools.count(epoch + 1))
+        return itertools.chain(first, itertools.chain.from_iterable(later))
 
     # ---------------------------------------------------------------- the loop
-    def train_step(self, batch: dict[str, Any]) -> float:
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
+        """One optimizer step; returns the loss and the number of samples (hourly: hours) scored."""
         batch = ev.move(batch, self.ctx.device)
         with self.autocast():
             out = ev.rows(self.mode, self.forward(batch), batch)
@@ -229,7 +235,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return float(loss.detach())
+        return float(loss.detach()), int(out.logits.shape[0])
 
     def fit(self) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True) if self.ctx.is_main else None
@@ -258,9 +264,16 @@ class Trainer:
         target = min((self.round + 1) * self.steps_per_round, cfg.max_steps or sys.maxsize)
         tick, seen, losses = time.perf_counter(), 0, []
         while self.step < target:
+            t0 = time.perf_counter()
             batch = next(stream)
-            losses.append(self.train_step(batch))
-            seen += len(batch["sample_id"])
+            t1 = time.perf_counter()
+            loss, rows = self.train_step(batch)
+            self.timing["data_s"] += t1 - t0
+            self.timing["step_s"] += time.perf_counter() - t1
+            self.timing["samples"] += rows
+            self.timing["steps"] += 1
+            losses.append(loss)
+            seen += rows
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
@@ -346,6 +359,18 @@ class Trainer:
                 self.writer.flush()
         return float(broadcast_object(value, self.ctx))
 
+    def throughput(self) -> dict[str, float]:
+        """Rank 0's training throughput; samples/s for all ranks assumes they run in lockstep (DDP)."""
+        t = self.timing
+        busy = t["data_s"] + t["step_s"]
+        rate = t["samples"] / busy if busy else float("nan")
+        return {
+            "steps": t["steps"],
+            "samples_per_s": rate * self.ctx.world_size,
+            "samples_per_s_per_rank": rate,
+            "data_share": t["data_s"] / busy if busy else float("nan"),
+        }
+
     def final(self) -> dict[str, Any] | None:
         """Score val and test with the best checkpoint; rank 0 writes metrics and predictions."""
         best = self.ckpt_dir / "best.pt"
@@ -363,6 +388,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "steps": state.get("step"),
             "auprc_definition": "average precision (step-wise), not the PR-curve trapezoid",
+            "throughput": self.throughput(),
         }
         for split, filename in (("val", "predictions_val.parquet"), ("test", "predictions.parquet")):
             pred = self.predict(split)
