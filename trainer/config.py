@@ -67,7 +67,7 @@ class TrainConfig:
     bootstrap: int = 1000
     runs_dir: str = "runs"
     resume: bool = True  # pick up checkpoints/last.pt in the run dir when present
-    progress: Literal["auto", "on", "off"] = "auto"
+    progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a TTY
 
 
 @dataclass

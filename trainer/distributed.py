@@ -74,8 +74,10 @@ def setup_logging(rank: int, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RankFilter(rank))
     handler.setFormatter(logging.Formatter("%(asctime)s [rank %(rank)d] %(name)s: %(message)s", "%H:%M:%S"))
+    handler._medmod = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace our own handler on a second call; keep others (pytest's capture, a caller's file log).
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_medmod", False)] + [handler]
     root.setLevel(level if rank == 0 else logging.WARNING)
 
 

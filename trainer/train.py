@@ -95,9 +95,9 @@ def lr_lambda(cfg: RunConfig, total_steps: int):
 
 
 def use_progress_bar(cfg: RunConfig, ctx: DistContext) -> bool:
-    if not ctx.is_main or cfg.train.progress == "off":
+    if not ctx.is_main or cfg.train.progress == "never":
         return False
-    return cfg.train.progress == "on" or sys.stderr.isatty()
+    return cfg.train.progress == "always" or sys.stderr.isatty()
 
 
 class Trainer:
