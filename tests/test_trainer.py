@@ -49,7 +49,7 @@ TINY = [
     "data.batch_size=3",
     "data.eval_batch_size=4",
     "train.bootstrap=20",
-    "train.progress=off",
+    "train.progress=never",
     "optim.lr=0.01",
 ]
 
@@ -102,7 +102,9 @@ def test_single_process_run_writes_consistent_outputs(shard_root, tmp_path):
     model = create_model(state["model_name"], state["model_config"], cfg.spec)
     model.load_state_dict(state["model"])  # the agreed format rebuilds the model
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    assert [h["step"] for h in state["history"]] == [3, 6]  # 9 train samples / batch 3, 2 epochs
+    last = ckpt.load(run_dir / "checkpoints" / "last.pt")
+    assert [h["step"] for h in last["history"]] == [3, 6]  # 9 train samples / batch 3, 2 epochs
+    assert last["finished"] and state["step"] == state["best"]["step"] <= last["step"]
 
 
 def test_two_gloo_ranks_score_every_sample_once(shard_root, tmp_path):
@@ -112,7 +114,7 @@ def test_two_gloo_ranks_score_every_sample_once(shard_root, tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=0",
+        "--standalone",
         str(REPO / "trainer" / "train.py"),
         *words(shard_root, tmp_path, "task=ihm", "train.epochs=1", "data.batch_size=2"),
     ]

@@ -117,7 +117,9 @@ class Trainer:
             forward = torch.compile(forward)
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            forward = DistributedDataParallel(forward, device_ids=ids)
+            # Unused parameters happen by design (e.g. the learned missing-image vector in a batch
+            # where every image is present), so DDP must not expect every gradient each step.
+            forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
         self.forward = forward
         self.loss_fn = loss_for(self.spec)
         params = [p for p in self.model.parameters() if p.requires_grad]
