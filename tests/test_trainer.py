@@ -102,6 +102,11 @@ def test_single_process_run_writes_consistent_outputs(shard_root, tmp_path):
     model = create_model(state["model_name"], state["model_config"], cfg.spec)
     model.load_state_dict(state["model"])  # the agreed format rebuilds the model
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    rescored = tmp_path / "rescored"
+    best = run_dir / "checkpoints" / "best.pt"
+    assert train.evaluate_checkpoint([f"checkpoint={best}", "split=test", f"out={rescored}"]) == 0
+    again = json.loads((rescored / "metrics.json").read_text())["test"]["metrics"]["auroc"]
+    assert again == test  # same checkpoint, same samples, same seeded bootstrap
     last = ckpt.load(run_dir / "checkpoints" / "last.pt")
     assert [h["step"] for h in last["history"]] == [3, 6]  # 9 train samples / batch 3, 2 epochs
     assert last["finished"] and state["step"] == state["best"]["step"] <= last["step"]

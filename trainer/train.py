@@ -449,23 +449,27 @@ def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
     return trainer.final()
 
 
-def _split_words(words: list[str]) -> tuple[str | None, list[str], list[str]]:
-    checkpoint, splits, rest = None, ["test"], []
+def _split_words(words: list[str]) -> tuple[str | None, str | None, list[str], list[str]]:
+    checkpoint, out_dir, splits, rest = None, None, ["test"], []
     for word in words:
         key, _, value = word.partition("=")
         if key == "checkpoint":
             checkpoint = value
+        elif key == "out":
+            out_dir = value
         elif key == "split":
             splits = [s for s in value.split(",") if s]
         else:
             rest.append(word)
-    return checkpoint, splits, rest
+    return checkpoint, out_dir, splits, rest
 
 
 def score_model(
-    cfg: RunConfig, ctx: DistContext, model: nn.Module, splits: list[str]
+    cfg: RunConfig, ctx: DistContext, model: nn.Module, splits: list[str], out_dir: Path | None
 ) -> dict[str, Any] | None:
-    """Score ``model`` as it is on ``splits`` (no training): late fusion, or a saved checkpoint."""
+    """Score ``model`` as it is on ``splits`` (no training): late fusion, or a saved checkpoint.
+
+    Predictions (and metrics.json) go to ``out_dir`` when given; rank 0 returns the metrics."""
     data = build_data(cfg, ctx)
     mode = cfg.train.hourly_mode if cfg.spec.hourly else "sample"
     ev.check_mode(model, mode)
@@ -478,15 +482,19 @@ def score_model(
         )
         if pred is not None:
             results[split] = ev.score(cfg.spec, pred, cfg.train.bootstrap, cfg.train.seed)
-            name = "predictions.parquet" if split == "test" else f"predictions_{split}.parquet"
-            ev.write_predictions(pred, cfg.run_dir() / name)
+            if out_dir is not None:
+                name = "predictions.parquet" if split == "test" else f"predictions_{split}.parquet"
+                ev.write_predictions(pred, out_dir / name)
+    if ctx.is_main and out_dir is not None:
+        ev.write_json(results, out_dir / "metrics.json")
     return results if ctx.is_main else None
 
 
 def evaluate_checkpoint(words: list[str]) -> int:
-    """``checkpoint=PATH`` rescored (config from the checkpoint, overridable), or a model built from
-    ``task=... model=...`` scored as it is (models with nothing to train, e.g. late fusion)."""
-    checkpoint, splits, rest = _split_words(words)
+    """``checkpoint=PATH [split=val,test] [out=DIR]`` rescored (config from the checkpoint,
+    overridable, e.g. ``data.shards=``), or a model built from ``task=... model=...`` and scored as
+    it is into its run dir (models with nothing to train, e.g. late fusion)."""
+    checkpoint, out_dir, splits, rest = _split_words(words)
     try:
         if checkpoint:
             state = ckpt.load(checkpoint, full=False)
@@ -507,15 +515,15 @@ def evaluate_checkpoint(words: list[str]) -> int:
             model.load_state_dict(state["model"])
         else:
             model = build_model(cfg)
-        results = score_model(cfg, ctx, model, splits)
+        # A rescored checkpoint writes only where asked (out=DIR), never over its own run's files.
+        target = Path(out_dir) if out_dir else (None if checkpoint else cfg.run_dir())
+        results = score_model(cfg, ctx, model, splits, target)
     except DataError as err:
         log.error("data: %s", err)
         return EXIT_DATA
     finally:
         shutdown()
     if results is not None:
-        if not checkpoint:
-            ev.write_json(results, cfg.run_dir() / "metrics.json")
         print(summary_line(results))
     return 0
 
