@@ -115,7 +115,9 @@ def build_pipeline(
         if has:
             image = _image_ops(jpg, cfg, device)
         else:
-            image = fn.zeros(shape=[3, cfg.image.crop, cfg.image.crop], dtype=types.FLOAT)
+            image = fn.reshape(
+                fn.zeros(shape=[3, cfg.image.crop, cfg.image.crop], dtype=types.FLOAT), layout="CHW"
+            )
             if device == "mixed":
                 image = image.gpu()
         arrays = [fn.decoders.numpy(parts[e]) for e in exts if e.endswith(".npy")]
