@@ -13,7 +13,7 @@ SYNTH := $(DATA)/synth-$(PATIENTS)p-seed$(SEED)
 ETL_OUT := $(DATA)/etl-$(PATIENTS)p-seed$(SEED)
 ETL_ARGS ?=
 
-.PHONY: setup jars test test-fast lint format demo synth etl clean
+.PHONY: setup jars test test-fast lint format demo synth etl clean shards verify-shards
 
 setup: $(STAMP) jars
 
@@ -50,16 +50,30 @@ $(SYNTH)/_truth/manifest.json:
 etl: synth
 	$(PY) -m spark_jobs.pipeline raw=$(SYNTH) out=$(ETL_OUT) $(ETL_ARGS)
 
-demo: etl
+demo: shards
+	$(PY) -m shards.verify $(SHARDS_OUT)
 	@echo
 	@echo "demo done: synthetic MIMIC-IV + MIMIC-CXR-JPG in $(SYNTH) (ground truth in $(SYNTH)/_truth)"
 	@echo "           Delta tables (bronze/silver/gold, _quality) in $(ETL_OUT)"
+	@echo "           WebDataset shards + manifest.json in $(SHARDS_OUT)"
+	@echo "           unimodal run ($(TRAIN_MODEL) on $(TRAIN_TASK)) in runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0"
+	@$(PY) -c "import json; m = json.load(open('runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0/metrics.json')); \
+		print('           test:', {k: round(v['value'], 4) for k, v in m['test']['metrics'].items()})"
 
 clean:
 	rm -rf $(DATA) runs spark-warehouse .pytest_cache
 
+# --- shards (issue 4): gold Delta tables -> WebDataset shards + DALI index + manifest.json
+SHARDS_OUT := $(DATA)/shards-$(PATIENTS)p-seed$(SEED)
+SHARDS_ARGS ?=
+
+shards: etl
+	$(PY) -m shards.write tables=$(ETL_OUT) out=$(SHARDS_OUT) $(SHARDS_ARGS)
+
+verify-shards: setup
+	$(PY) -m shards.verify $(SHARDS_OUT)
+
 # --- trainer (issue 5): a small unimodal run on the synthetic shards; `make train TRAIN_TASK=decomp`
-SHARDS_OUT ?= $(DATA)/shards-$(PATIENTS)p-seed$(SEED)
 TRAIN_TASK ?= ihm
 TRAIN_MODEL ?= uni_ehr
 NPROC ?= 1
@@ -73,4 +87,5 @@ train: shards
 bench-train: setup
 	$(PY) scripts/bench_train.py $(BENCH_ARGS)
 
+# `make demo` trains a unimodal model too and prints its test metrics last (recipe above).
 demo: train

@@ -59,7 +59,7 @@ class ImageTransform:
         img = TF.resize(img, [c.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
         if self.train:
             img = self._augment(img)
-        img = TF.center_crop(img, [c.crop, c.crop])
+        img = center_crop(img, c.crop)
         img = to_three_channels(img).float().div_(255.0)
         return TF.normalize(img, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
@@ -82,6 +82,17 @@ class ImageTransform:
             interpolation=InterpolationMode.NEAREST,
             fill=0,
         )
+
+
+def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Center crop with the offset rounded half up, as DALI's ``crop_pos=0.5`` does (torchvision
+    rounds half to even), so that the WebDataset and DALI readers cut the same pixels."""
+    h, w = img.shape[-2:]
+    if h < size or w < size:
+        img = TF.center_crop(img, [size, size])  # pads, as torchvision does
+        h, w = img.shape[-2:]
+    top, left = (h - size + 1) // 2, (w - size + 1) // 2
+    return img[..., top : top + size, left : left + size]
 
 
 def blank_image(cfg: ImageTransformConfig | None = None) -> torch.Tensor:
