@@ -11,6 +11,7 @@ Writes ``<runs_dir>/<task>/<model>/<seed>/``: ``config.yaml`` (resolved), ``metr
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -70,9 +71,13 @@ def loss_for(spec: TaskSpec) -> nn.Module:
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
-    from trainer.models import create_model
+    from trainer.models import create_model, model_class
 
-    return create_model(cfg.model.name, dict(cfg.model.args), cfg.spec, seed=cfg.train.seed)
+    args = dict(cfg.model.args)
+    # Fusion models find their unimodal checkpoints under runs_dir: default it to this run's.
+    if "runs_dir" in {f.name for f in dataclasses.fields(model_class(cfg.model.name).config_class)}:
+        args.setdefault("runs_dir", cfg.train.runs_dir)
+    return create_model(cfg.model.name, args, cfg.spec, seed=cfg.train.seed)
 
 
 def model_config_dict(model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
@@ -505,9 +510,8 @@ def evaluate_checkpoint(words: list[str]) -> int:
     except (typed.ConfigError, ckpt.CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    ctx = init_distributed(cfg.train.device)
-    setup_logging(ctx.rank)
-    try:
+
+    def body(ctx: DistContext) -> dict[str, Any] | None:
         from trainer.models import create_model
 
         if checkpoint:
@@ -517,15 +521,34 @@ def evaluate_checkpoint(words: list[str]) -> int:
             model = build_model(cfg)
         # A rescored checkpoint writes only where asked (out=DIR), never over its own run's files.
         target = Path(out_dir) if out_dir else (None if checkpoint else cfg.run_dir())
-        results = score_model(cfg, ctx, model, splits, target)
-    except DataError as err:
-        log.error("data: %s", err)
-        return EXIT_DATA
-    finally:
-        shutdown()
+        return score_model(cfg, ctx, model, splits, target)
+
+    code, results = guarded(cfg, body)
     if results is not None:
         print(summary_line(results))
-    return 0
+    return code
+
+
+EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (NonFiniteLoss, EXIT_NONFINITE),
+    (DataError, EXIT_DATA),
+    (typed.ConfigError, EXIT_CONFIG),
+    (ckpt.CheckpointError, EXIT_CONFIG),
+)
+
+
+def guarded(cfg: RunConfig, body: Any) -> tuple[int, Any]:
+    """Process group up, ``body(ctx)``, process group down; a known failure is logged as one line
+    and mapped to its exit status instead of a traceback."""
+    ctx = init_distributed(cfg.train.device)
+    setup_logging(ctx.rank)
+    try:
+        return 0, body(ctx)
+    except tuple(cls for cls, _ in EXIT_CODES) as err:
+        log.error("%s: %s", type(err).__name__, err)
+        return next(code for cls, code in EXIT_CODES if isinstance(err, cls)), None
+    finally:
+        shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,24 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     except (typed.ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    ctx = init_distributed(cfg.train.device)
-    setup_logging(ctx.rank)
-    try:
-        results = run(cfg, ctx)
-    except NonFiniteLoss as err:
-        log.error("%s", err)
-        return EXIT_NONFINITE
-    except (typed.ConfigError, ckpt.CheckpointError) as err:
-        log.error("%s", err)
-        return EXIT_CONFIG
-    except DataError as err:
-        log.error("data: %s", err)
-        return EXIT_DATA
-    finally:
-        shutdown()
+    code, results = guarded(cfg, lambda ctx: run(cfg, ctx))
     if results is not None:
         log.info("results in %s\n%s", cfg.run_dir(), summary_line(results))
-    return 0
+    return code
 
 
 if __name__ == "__main__":
