@@ -418,20 +418,19 @@ def write_config(cfg: RunConfig, model_config: dict[str, Any], run_dir: Path) ->
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
 
+def _metric_text(name: str, m: dict[str, float]) -> str:
+    ci = f" [{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if "ci_low" in m else ""
+    return f"{name} {m['value']:.4f}{ci}"
+
+
 def summary_line(results: dict[str, Any]) -> str:
-    parts = []
+    """One line per split: each metric with its 95% CI when bootstrapped, and the sample count."""
+    lines = []
     for split in ("val", "test"):
         if split in results:
-            m = results[split]["metrics"]
-            parts.append(
-                f"{split}: "
-                + "  ".join(
-                    f"{k} {v['value']:.4f} [{v.get('ci_low', float('nan')):.4f}, {v.get('ci_high', float('nan')):.4f}]"
-                    for k, v in m.items()
-                )
-                + f"  (n={results[split]['n_samples']})"
-            )
-    return "\n".join(parts)
+            metrics = "  ".join(_metric_text(k, v) for k, v in results[split]["metrics"].items())
+            lines.append(f"{split}: {metrics}  (n={results[split]['n_samples']})")
+    return "\n".join(lines)
 
 
 def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
