@@ -10,6 +10,7 @@ killed with SIGKILL that resumes to the same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -152,14 +153,18 @@ def test_chunks_early_stopping_and_sequence_equals_sample(shard_root, tmp_path):
     model = train.build_model(cfg)
     model.load_state_dict(best["model"])
     scored = {}
-    for mode in ("sample", "sequence"):
-        mode_cfg = load_run_config(words(shard_root, tmp_path, *extra, f"train.hourly_mode={mode}"))
+    dali = "data.loader=dali" if importlib.util.find_spec("nvidia.dali") else "data.loader=wds"
+    readers = [("sample", "sample", "data.loader=wds"), ("sequence", "sequence", "data.loader=wds")]
+    for name, mode, loader in [*readers, ("dali", "sequence", dali)]:
+        mode_cfg = load_run_config(words(shard_root, tmp_path, *extra, f"train.hourly_mode={mode}", loader))
         data = build_data(mode_cfg, CPU)
         pred = ev.predict(model, data.eval_iter("test"), mode_cfg.spec, mode, CPU.device)
-        scored[mode] = dict(zip(pred.sample_ids, pred.probs[:, 0]))
+        scored[name] = dict(zip(pred.sample_ids, pred.probs[:, 0]))
     assert sorted(scored["sample"]) == sorted(scored["sequence"]) == sorted(manifest_ids("decomp", "test"))
+    assert sorted(scored["dali"]) == sorted(scored["sample"])  # DALI (cpu) reader: same samples
     for sid, p in scored["sample"].items():
         assert scored["sequence"][sid] == pytest.approx(p, abs=1e-5)
+        assert scored["dali"][sid] == pytest.approx(p, abs=1e-5)
 
 
 def test_nan_loss_stops_with_last_checkpoint_intact(shard_root, tmp_path, caplog):
