@@ -57,3 +57,20 @@ demo: etl
 
 clean:
 	rm -rf $(DATA) runs spark-warehouse .pytest_cache
+
+# --- trainer (issue 5): a small unimodal run on the synthetic shards; `make train TRAIN_TASK=decomp`
+SHARDS_OUT ?= $(DATA)/shards-$(PATIENTS)p-seed$(SEED)
+TRAIN_TASK ?= ihm
+TRAIN_MODEL ?= uni_ehr
+NPROC ?= 1
+TRAIN_ARGS ?=
+
+.PHONY: train bench-train
+train: shards
+	$(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --standalone trainer/train.py \
+		task=$(TRAIN_TASK) model=$(TRAIN_MODEL) data.shards=$(SHARDS_OUT) train=smoke $(TRAIN_ARGS)
+
+bench-train: setup
+	$(PY) scripts/bench_train.py $(BENCH_ARGS)
+
+demo: train
