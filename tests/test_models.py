@@ -57,6 +57,12 @@ def build(name, task, **overrides):
     return create_model(name, cfg, task)
 
 
+def eval_setup(name, task_name, **overrides):
+    """An eval-mode model of ``task_name`` and the standard mixed batch."""
+    task = task_spec(task_name)
+    return build(name, task, **overrides).eval(), make_batch(task)
+
+
 def loss_of(logits, batch, task):
     if task.is_multiclass:
         return nn.functional.cross_entropy(logits, batch["y"])
@@ -151,9 +157,7 @@ def test_window_pooling_models_are_sample_mode_only(name):
 @pytest.mark.parametrize("name", ["mmtm", "daft"])
 def test_window_pooling_sees_the_whole_window(name):
     """The window-mean models really pool: a change in hour 0 moves the score (not just h_T)."""
-    task = task_spec("ihm")
-    model = build(name, task).eval()
-    batch = make_batch(task)
+    model, batch = eval_setup(name, "ihm")
     changed = dict(batch, ehr=batch["ehr"].clone())
     changed["ehr"][:, 0] += 5.0
     with torch.no_grad():
@@ -161,9 +165,7 @@ def test_window_pooling_sees_the_whole_window(name):
 
 
 def test_mmtm_exposes_unimodal_heads_and_falls_back_to_ehr_without_image():
-    task = task_spec("pheno")
-    model = build("mmtm", task).eval()
-    batch = make_batch(task)
+    model, batch = eval_setup("mmtm", "pheno")
     with torch.no_grad():
         heads = model.forward_heads(batch)
     assert set(heads) == set(model.head_names) == {"fused", "ehr", "cxr"}
@@ -173,9 +175,7 @@ def test_mmtm_exposes_unimodal_heads_and_falls_back_to_ehr_without_image():
 
 
 def test_medfuse_missing_image_is_a_length_one_sequence():
-    task = task_spec("ihm")
-    model = build("medfuse", task).eval()
-    batch = make_batch(task)
+    model, batch = eval_setup("medfuse", "ihm")
     with torch.no_grad():
         v_ehr = model.encode_ehr(batch)
         expected = model.classifier(model.fusion_lstm(v_ehr[1:2, None])[0][:, -1])
