@@ -100,17 +100,25 @@ def test_forward_backward_gradients(name, task_name):
             assert param.grad is None, f"{name}: frozen {pname} got a gradient"
 
 
+@pytest.mark.parametrize("has_image", [(False, False, False), (True, True, True)])
 @pytest.mark.parametrize("name", list_models())
-def test_batches_without_any_image(name):
+def test_every_weight_stays_in_the_graph_without_missing_or_present_images(name, has_image):
+    """DDP needs the same parameters used every step: all-missing and all-present batches still
+    give every trainable parameter a (finite) gradient; an unused encoder's is zero."""
     task = task_spec("pheno")
     model = build(name, task).train()
-    batch = make_batch(task, has_image=(False, False, False))
+    batch = make_batch(task, has_image=has_image)
     logits = model(batch)
     assert torch.isfinite(logits).all()
-    if model.trainable:
-        loss_of(logits, batch, task).backward()
-        encoder = getattr(model, "cxr_encoder", None)
-        assert encoder is None or all(p.grad is None for p in encoder.parameters())
+    if not model.trainable:
+        return
+    loss_of(logits, batch, task).backward()
+    for pname, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), f"{name}: {pname}"
+    encoder = getattr(model, "cxr_encoder", None)
+    if encoder is not None and not any(has_image) and encoder.backbone.conv1.weight.requires_grad:
+        assert all(not p.grad.any() for p in encoder.parameters())
 
 
 CAUSAL_VARIANTS = [
