@@ -26,6 +26,7 @@ sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
 import bench_common as bc  # noqa: E402
 
+from trainer.models import model_class  # noqa: E402
 from trainer.tasks import task_spec  # noqa: E402
 
 log = logging.getLogger("medmod.compare_fusion")
@@ -39,7 +40,7 @@ def run_dir(runs: Path, task: str, model: str, seed: int) -> Path:
 
 
 def train(task: str, model: str, args: argparse.Namespace) -> Path:
-    """One trainer/train.py run (skipped when its metrics.json exists); returns metrics.json."""
+    """One trainer run (skipped when its metrics.json exists); returns its metrics.json."""
     metrics = run_dir(args.runs, task, model, args.seed) / "metrics.json"
     if metrics.is_file():
         log.info("%s/%s: done already (%s)", task, model, metrics)
@@ -48,7 +49,10 @@ def train(task: str, model: str, args: argparse.Namespace) -> Path:
     words += [f"train.runs_dir={args.runs}", f"train.seed={args.seed}"]
     if model in NEEDS_UNIMODAL:
         words.append(f"model.runs_dir={args.runs}")
-    cmd = [sys.executable, str(REPO / "trainer" / "train.py"), *words, *args.extra]
+    if model_class(model).trainable:
+        cmd = [sys.executable, str(REPO / "trainer" / "train.py"), *words, *args.extra]
+    else:  # late fusion: nothing to train, scored as built (trainer.evaluate writes metrics.json)
+        cmd = [sys.executable, "-m", "trainer.evaluate", *words, *args.extra, "split=val,test"]
     log.info("%s/%s: %s", task, model, " ".join(cmd[1:]))
     done = subprocess.run(cmd, cwd=REPO, check=False)
     if done.returncode != 0 or not metrics.is_file():
