@@ -89,3 +89,17 @@ bench-train: setup
 
 # `make demo` trains a unimodal model too and prints its test metrics last (recipe above).
 demo: train
+
+# --- models (issue 6): unimodal vs MedFuse on one task (`make compare COMPARE_MODELS="uni_ehr uni_cxr early late medfuse"`)
+COMPARE_MODELS ?= uni_ehr uni_cxr medfuse
+COMPARE_ARGS ?= train=smoke
+
+.PHONY: compare bench-models
+compare: shards
+	$(PY) scripts/compare_fusion.py --shards $(SHARDS_OUT) --tasks $(TRAIN_TASK) --models $(COMPARE_MODELS) \
+		--runs runs/compare -- $(COMPARE_ARGS)
+
+bench-models: setup
+	nice -n 19 $(PY) scripts/bench_models.py
+
+demo: compare

@@ -120,14 +120,23 @@ class MedModel(nn.Module):
         return states if sequence else last_valid(states, batch["ehr_len"])
 
     def encode_cxr(self, batch: Batch) -> torch.Tensor:
-        """v_cxr ``[B, D]``; only present images go through the CNN, the rest get the filler."""
+        """v_cxr ``[B, D]``; present images go through the CNN, missing rows get the filler.
+
+        Only present images are encoded (zero images would skew BatchNorm statistics). Every
+        weight stays in the autograd graph in training, with a zero gradient where unused (the
+        filler when all images are present, the encoder for a batch without any image), so DDP
+        sees the same parameters used in every step.
+        """
         has_image = batch["has_image"].to(batch["image"].device).bool()
         filler = self.missing.fill(has_image.shape[0])
-        if bool(has_image.all()):
-            return self.cxr_encoder(batch["image"])
-        if not bool(has_image.any()):
+        if bool(has_image.any()):
+            present = self.cxr_encoder(batch["image"][has_image])
+            feats = scatter_present(present, has_image, torch.zeros_like(filler))
+        elif self.cxr_encoder.training:  # a frozen encoder needs no place in the graph
+            feats = self.cxr_encoder(batch["image"])
+        else:
             return filler
-        return scatter_present(self.cxr_encoder(batch["image"][has_image]), has_image, filler)
+        return torch.where(has_image.unsqueeze(-1), feats, filler)
 
     def fuse(self, v_ehr: torch.Tensor | None, v_cxr: torch.Tensor | None, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

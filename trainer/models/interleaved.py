@@ -37,17 +37,24 @@ Features = dict[str, torch.Tensor]
 
 
 class CXRMap:
-    """Feature maps of the present images only, plus which rows they belong to."""
+    """A CXR feature map of some batch rows (``rows``) and which rows really have an image.
 
-    def __init__(self, feature_map: torch.Tensor | None, has_image: torch.Tensor):
+    ``rows`` is ``has_image`` except for a training batch without any image, where the (zero)
+    images are encoded anyway so every weight stays in the graph (see MedModel.encode_cxr).
+    """
+
+    def __init__(self, feature_map: torch.Tensor | None, rows: torch.Tensor, has_image: torch.Tensor):
         self.map = feature_map
+        self.rows = rows
         self.has_image = has_image
 
-    def pooled(self, filler: torch.Tensor) -> torch.Tensor:
-        """``[B, C]``: GAP of present rows, ``filler`` rows elsewhere."""
-        if self.map is None:
+    def pooled(self, filler: torch.Tensor, feature_map: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, C]``: GAP of the map (or of ``feature_map`` over the same rows) where an image is."""
+        feature_map = self.map if feature_map is None else feature_map
+        if feature_map is None:
             return filler
-        return scatter_present(self.map.mean(dim=(2, 3)), self.has_image, filler)
+        feats = scatter_present(feature_map.mean(dim=(2, 3)), self.rows, torch.zeros_like(filler))
+        return torch.where(self.has_image.unsqueeze(-1), feats, filler)
 
 
 class LayerwiseFusion(MedModel):
@@ -127,10 +134,15 @@ class MMTM(LayerwiseFusion):
 
     def encode_cxr(self, batch: Batch) -> CXRMap:
         has_image = batch["has_image"].to(batch["image"].device).bool()
-        if not bool(has_image.any()):
-            return CXRMap(None, has_image)
-        stem = self.cxr_encoder.stem(batch["image"][has_image])
-        return CXRMap(self.cxr_encoder.run_stages(stem, "layer1", self.config.mmtm_stage), has_image)
+        rows = (
+            has_image
+            if bool(has_image.any()) or not self.cxr_encoder.training
+            else torch.ones_like(has_image)
+        )
+        if not bool(rows.any()):
+            return CXRMap(None, rows, has_image)
+        stem = self.cxr_encoder.stem(batch["image"][rows])
+        return CXRMap(self.cxr_encoder.run_stages(stem, "layer1", self.config.mmtm_stage), rows, has_image)
 
     def _gates(self, s_ehr: torch.Tensor, s_cxr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.relu(self.squeeze(torch.cat([s_ehr, s_cxr], dim=-1)))
@@ -141,13 +153,13 @@ class MMTM(LayerwiseFusion):
         filler = self.no_image.unsqueeze(0).expand(cxr.has_image.shape[0], -1)
         if cxr.map is None:
             return filler
-        gated = cxr.map * gate[cxr.has_image][:, :, None, None]
+        gated = cxr.map * gate[cxr.rows][:, :, None, None]
         stage = self.config.mmtm_stage
         if stage != "layer4":
             gated = self.cxr_encoder.run_stages(
                 gated, RESNET_STAGES[RESNET_STAGES.index(stage) + 1], "layer4"
             )
-        return CXRMap(gated, cxr.has_image).pooled(filler)
+        return cxr.pooled(filler, gated)
 
     def fuse(self, h1: torch.Tensor, cxr: CXRMap, batch: Batch) -> Features:
         s_ehr = self._ehr_summary(h1, batch["ehr_len"])
