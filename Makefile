@@ -13,7 +13,7 @@ SYNTH := $(DATA)/synth-$(PATIENTS)p-seed$(SEED)
 ETL_OUT := $(DATA)/etl-$(PATIENTS)p-seed$(SEED)
 ETL_ARGS ?=
 
-.PHONY: setup jars test test-fast lint format demo synth etl clean
+.PHONY: setup jars test test-fast lint format demo synth etl clean shards verify-shards
 
 setup: $(STAMP) jars
 
@@ -50,10 +50,56 @@ $(SYNTH)/_truth/manifest.json:
 etl: synth
 	$(PY) -m spark_jobs.pipeline raw=$(SYNTH) out=$(ETL_OUT) $(ETL_ARGS)
 
-demo: etl
+demo: shards
+	$(PY) -m shards.verify $(SHARDS_OUT)
 	@echo
 	@echo "demo done: synthetic MIMIC-IV + MIMIC-CXR-JPG in $(SYNTH) (ground truth in $(SYNTH)/_truth)"
 	@echo "           Delta tables (bronze/silver/gold, _quality) in $(ETL_OUT)"
+	@echo "           WebDataset shards + manifest.json in $(SHARDS_OUT)"
+	@echo "           unimodal run ($(TRAIN_MODEL) on $(TRAIN_TASK)) in runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0"
+	@$(PY) -c "import json; m = json.load(open('runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0/metrics.json')); \
+		print('           test:', {k: round(v['value'], 4) for k, v in m['test']['metrics'].items()})"
 
 clean:
 	rm -rf $(DATA) runs spark-warehouse .pytest_cache
+
+# --- shards (issue 4): gold Delta tables -> WebDataset shards + DALI index + manifest.json
+SHARDS_OUT := $(DATA)/shards-$(PATIENTS)p-seed$(SEED)
+SHARDS_ARGS ?=
+
+shards: etl
+	$(PY) -m shards.write tables=$(ETL_OUT) out=$(SHARDS_OUT) $(SHARDS_ARGS)
+
+verify-shards: setup
+	$(PY) -m shards.verify $(SHARDS_OUT)
+
+# --- trainer (issue 5): a small unimodal run on the synthetic shards; `make train TRAIN_TASK=decomp`
+TRAIN_TASK ?= ihm
+TRAIN_MODEL ?= uni_ehr
+NPROC ?= 1
+TRAIN_ARGS ?=
+
+.PHONY: train bench-train
+train: shards
+	$(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --standalone trainer/train.py \
+		task=$(TRAIN_TASK) model=$(TRAIN_MODEL) data.shards=$(SHARDS_OUT) train=smoke $(TRAIN_ARGS)
+
+bench-train: setup
+	$(PY) scripts/bench_train.py $(BENCH_ARGS)
+
+# `make demo` trains a unimodal model too and prints its test metrics last (recipe above).
+demo: train
+
+# --- models (issue 6): unimodal vs MedFuse on one task (`make compare COMPARE_MODELS="uni_ehr uni_cxr early late medfuse"`)
+COMPARE_MODELS ?= uni_ehr uni_cxr medfuse
+COMPARE_ARGS ?= train=smoke
+
+.PHONY: compare bench-models
+compare: shards
+	$(PY) scripts/compare_fusion.py --shards $(SHARDS_OUT) --tasks $(TRAIN_TASK) --models $(COMPARE_MODELS) \
+		--runs runs/compare -- $(COMPARE_ARGS)
+
+bench-models: setup
+	nice -n 19 $(PY) scripts/bench_models.py
+
+demo: compare

@@ -1,0 +1,80 @@
+"""Atomic, complete checkpoints: a kill at any moment leaves the previous file readable.
+
+A checkpoint is one ``torch.save`` dict (format agreed with ``trainer.models``)::
+
+    {"model": state_dict, "model_name": str, "model_config": dict,   # enough to rebuild the model
+     "optimizer": ..., "scheduler": ..., "step": int, "round": int,
+     "data": {"epoch": int, "batch": int}, "rng": [per-rank RNG states],
+     "best": {...}, "history": [...], "config": resolved run config, "task": str}
+
+Written to a temporary file in the same folder, flushed and fsync'ed, then ``os.replace``d over
+the final name (atomic on POSIX), and the folder fsync'ed so the rename itself is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("medmod.trainer.checkpoint")
+
+REQUIRED_KEYS = ("model", "model_name", "model_config", "optimizer", "scheduler", "step", "rng", "data")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or lacks what a resume needs."""
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", full: bool = True) -> dict[str, Any]:
+    """Read a checkpoint; ``full`` requires everything a resume needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # weights_only=False: the file holds RNG states and configs; it is our own output.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # a torn or foreign file: say which, not a pickle traceback
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    needed = REQUIRED_KEYS if full else ("model", "model_name", "model_config")
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    return state
+
+
+def clean_stale_temps(folder: str | Path) -> int:
+    """Remove temporaries left by a process killed mid-save; returns how many."""
+    folder = Path(folder)
+    removed = 0
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("removed %d stale checkpoint temp file(s) in %s", removed, folder)
+    return removed

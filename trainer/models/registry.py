@@ -1,0 +1,68 @@
+"""Models by name: one registry so the trainer, tests and benchmarks never list models by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from conf import typed
+from trainer.tasks import TaskSpec
+
+_MODELS: dict[str, type] = {}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` buildable as ``model=<name>``; cls.config_class is its schema."""
+
+    def wrap(cls: type) -> type:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice ({_MODELS[name].__name__}, {cls.__name__})")
+        if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
+            raise TypeError(f"{cls.__name__} needs a dataclass config_class")
+        cls.name = name
+        _MODELS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_class(name: str) -> type:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise typed.ConfigError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
+
+
+def model_config(name: str, overrides: dict[str, Any] | list[str] | None = None) -> Any:
+    """The typed config of model ``name``: ``conf/model/<name>.yaml`` then ``overrides``.
+
+    ``overrides`` is a mapping (``{"ehr_ckpt": ...}``) or ``key=value`` words without the
+    ``model.`` prefix; unknown keys raise ConfigError naming the valid ones.
+    """
+    cls = model_class(name)
+    defaults = typed.load_yaml(typed.preset_path("model", name))
+    if isinstance(overrides, list):
+        return typed.load(cls.config_class, defaults, overrides=overrides)
+    return typed.load(cls.config_class, defaults, overrides or {})
+
+
+def create_model(name: str, cfg: Any = None, task: TaskSpec | None = None, *, seed: int | None = None):
+    """Build model ``name`` for ``task``.
+
+    ``cfg``: None (YAML defaults), a mapping / list of overrides, or an instance of the model's
+    config class. ``seed`` is the run's seed: fusion models look up the unimodal checkpoints of the
+    same seed by convention unless ``pretrained_seed`` says otherwise.
+    """
+    if task is None:
+        raise ValueError("create_model needs the TaskSpec (trainer.tasks.task_spec(name))")
+    cls = model_class(name)
+    if cfg is None or isinstance(cfg, (dict, list)):
+        cfg = model_config(name, cfg)
+    elif not isinstance(cfg, cls.config_class):
+        raise TypeError(f"model {name!r} takes a {cls.config_class.__name__}, got {type(cfg).__name__}")
+    return cls(cfg, task, seed=seed)
