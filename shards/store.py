@@ -123,12 +123,16 @@ def commit_file(local_path: str, url: str, sha256: str) -> bool:
     """
     fs, path = fs_and_path(url)
     size = os.path.getsize(local_path)
+    parent = path.rsplit("/", 1)[0]
+    # fsspec shares one s3fs instance per process: a listing made elsewhere (a reader, a
+    # monitor) leaves a directory cache that does not know about our temp file; drop it
+    fs.invalidate_cache(parent)
     if fs.exists(path) and fs.size(path) == size and sha256_url(url) == sha256:
         return False
-    parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
     fs.put_file(local_path, tmp)
+    fs.invalidate_cache(parent)
     try:
         fs.mv(tmp, path)
     except BaseException:
