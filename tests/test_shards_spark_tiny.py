@@ -131,11 +131,3 @@ def test_verify_accepts_the_set_with_its_counted_drops(spark, written):
     out, cfg, _ = written
     assert verify.verify(str(out), cfg.tables, spark=spark) == []
 
-
-def test_rerun_leaves_identical_files_untouched(spark, written):
-    out, cfg, m = written
-    tars = sorted(out.rglob("*.tar"))
-    mtimes = [p.stat().st_mtime_ns for p in tars]
-    again = spark_write.run(cfg, spark)
-    assert again == m
-    assert [p.stat().st_mtime_ns for p in tars] == mtimes
