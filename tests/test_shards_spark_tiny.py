@@ -130,4 +130,3 @@ def test_segments_hold_each_history_once_and_expand_to_the_rows(written):
 def test_verify_accepts_the_set_with_its_counted_drops(spark, written):
     out, cfg, _ = written
     assert verify.verify(str(out), cfg.tables, spark=spark) == []
-
