@@ -27,13 +27,13 @@ import torch
 from shards.manifest import read_manifest
 from shards.reader import (
     ReaderConfig,
+    build_sample,
     collate_samples,
     collate_sequences,
     expand_hourly,
-    normalize_ehr,
     rank_shards,
 )
-from shards.record import HOURLY_TASKS, MULTICLASS_TASKS
+from shards.record import HOURLY_TASKS
 from shards.store import join
 from shards.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -166,30 +166,13 @@ def dali_samples(
 
 
 def _sample(task: str, arrays: list[np.ndarray], normalizer: dict) -> dict[str, Any]:
-    """DALI outputs of one record -> the same dict as :class:`shards.reader.Decoder`."""
+    """DALI outputs of one record -> the same dict as the WebDataset reader's decoder."""
     *npys, meta_bytes, image = arrays
-    meta = json.loads(meta_bytes.tobytes())
-    ehr, y = npys[0], npys[1]
-    multiclass = task in MULTICLASS_TASKS
-    out: dict[str, Any] = {
-        "ehr": normalize_ehr(ehr, normalizer),
-        "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-        "has_image": bool(meta["has_image"]),
-        "stay_id": int(meta["stay_id"]),
-    }
+    rec: dict[str, Any] = {"ehr": npys[0], "y": npys[1], "meta": json.loads(meta_bytes.tobytes())}
     if task in HOURLY_TASKS:
-        out["y"] = torch.from_numpy(y.astype(np.int64 if multiclass else np.float32))
-        out["hours"] = torch.from_numpy(npys[2].astype(np.float32))
-        out["bins"] = torch.from_numpy(npys[3].astype(np.int64))
-        out["sample_id"] = list(meta["sample_ids"])
-        if "los_remaining_hours" in meta:
-            out["los_hours"] = torch.tensor(meta["los_remaining_hours"], dtype=torch.float32)
-    else:
-        out["y"] = (
-            torch.tensor(int(y.reshape(-1)[0])) if multiclass else torch.from_numpy(y.astype(np.float32))
-        )
-        out["sample_id"] = str(meta["sample_id"])
-    return out
+        rec["hours"], rec["bins"] = npys[2], npys[3]
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    return build_sample(task, rec, img, normalizer)
 
 
 def dali_loader(

@@ -99,8 +99,10 @@ def write_manifest(root: str, manifest: dict[str, Any]) -> bool:
 
 def read_manifest(root: str) -> dict[str, Any]:
     url = join(root, MANIFEST)
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache(path.rsplit("/", 1)[0])  # a cached listing from before the commit is stale
     try:
-        with fsspec.open(url, "rb") as fh:
+        with fs.open(path, "rb") as fh:
             manifest = json.loads(fh.read())
     except FileNotFoundError:
         raise ManifestError(f"{url} not found: no committed shard set at {root} (run shards.write)") from None

@@ -102,6 +102,35 @@ def decode_image(data: bytes) -> torch.Tensor:
     return decode_jpeg(raw, mode=ImageReadMode.GRAY)
 
 
+def build_sample(task: str, rec: dict[str, Any], image: torch.Tensor, normalizer: dict) -> dict[str, Any]:
+    """Decoded components (:func:`shards.record.decode_record` layout) + a transformed image ->
+    the FORMAT.md sample (stay-level) or segment (hourly, with ``hours``/``bins``). Shared by the
+    WebDataset and DALI readers so that both give the same dict."""
+    meta, y = rec["meta"], rec["y"]
+    multiclass = task in MULTICLASS_TASKS
+    out: dict[str, Any] = {
+        "ehr": normalize_ehr(rec["ehr"], normalizer),
+        "image": image,
+        "has_image": bool(meta.get("has_image", rec.get("cxr") is not None)),
+        "stay_id": int(meta["stay_id"]),
+    }
+    if rec.get("hours") is not None:
+        out["y"] = torch.from_numpy(y.astype(np.int64 if multiclass else np.float32))
+        out["hours"] = torch.from_numpy(rec["hours"].astype(np.float32))
+        out["bins"] = torch.from_numpy(rec["bins"].astype(np.int64))
+        out["sample_id"] = list(meta["sample_ids"])
+        if "los_remaining_hours" in meta:
+            out["los_hours"] = torch.tensor(meta["los_remaining_hours"], dtype=torch.float32)
+    else:
+        out["y"] = (
+            torch.tensor(int(y.reshape(-1)[0])) if multiclass else torch.from_numpy(y.astype(np.float32))
+        )
+        out["sample_id"] = str(meta["sample_id"])
+        if meta.get("los_remaining_hours") is not None:
+            out["los_hours"] = float(meta["los_remaining_hours"])
+    return out
+
+
 class Decoder:
     """Record components -> one sequence-level sample (a stay-level sample or a whole segment)."""
 
@@ -123,32 +152,9 @@ class Decoder:
             rec = decode_record({k: v for k, v in parts.items() if not k.startswith("__")})
         except (KeyError, ValueError) as err:
             raise RecordError(f"record {key} in {parts.get('__url__')}: {err!r}") from err
-        meta = rec["meta"]
         cxr = rec["cxr"]
         image = self.transform(decode_image(cxr)) if cxr is not None else blank_image(self.transform.cfg)
-        out: dict[str, Any] = {
-            "ehr": normalize_ehr(rec["ehr"], self.normalizer),
-            "image": image,
-            "has_image": cxr is not None,
-            "stay_id": int(meta["stay_id"]),
-        }
-        y = rec["y"]
-        multiclass = self.task in MULTICLASS_TASKS
-        if "hours" in rec:
-            out["y"] = torch.from_numpy(y.astype(np.int64 if multiclass else np.float32))
-            out["hours"] = torch.from_numpy(rec["hours"].astype(np.float32))
-            out["bins"] = torch.from_numpy(rec["bins"].astype(np.int64))
-            out["sample_id"] = list(meta["sample_ids"])
-            if "los_remaining_hours" in meta:
-                out["los_hours"] = torch.tensor(meta["los_remaining_hours"], dtype=torch.float32)
-        else:
-            out["y"] = (
-                torch.tensor(int(y.reshape(-1)[0])) if multiclass else torch.from_numpy(y.astype(np.float32))
-            )
-            out["sample_id"] = str(meta["sample_id"])
-            if meta.get("los_remaining_hours") is not None:
-                out["los_hours"] = float(meta["los_remaining_hours"])
-        return out
+        return build_sample(self.task, rec, image, self.normalizer)
 
 
 def expand_hourly(segment: dict[str, Any]) -> Iterator[dict[str, Any]]:

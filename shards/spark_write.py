@@ -487,6 +487,11 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:  # noqa: BLE001 - a Spark task error: its last line says what broke
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        detail = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else repr(err))
+        print(f"error: shards.write failed (no manifest written): {detail.strip()}", file=sys.stderr)
+        return 1
     finally:
         spark.stop()
     for task, info in manifest["tasks"].items():

@@ -1,10 +1,11 @@
 """Tar shards, DALI index files and atomic commits, through fsspec (local paths and ``s3://``).
 
 A shard is written to a local temporary file first (tar members with fixed mtime/owner/mode so
-the bytes depend on the records only), hashed, then uploaded under a temporary name beside its
-final name and moved into place. A reader listing the folder may see a ``.tmp-*`` file but never a
-half-written shard under a final name, and ``manifest.json`` (the commit point) is written only
-after every shard it lists. When the final file already holds the same bytes it is left untouched.
+the bytes depend on the records only), hashed, then committed: on a file system under a temporary
+name beside its final name and renamed, on S3 by one PUT (objects appear only when complete). A
+reader listing the folder may see a ``.tmp-*`` file but never a half-written shard under a final
+name, and ``manifest.json`` (the commit point) is written only after every shard it lists. When
+the final file already holds the same bytes it is left untouched.
 """
 
 from __future__ import annotations
@@ -116,16 +117,32 @@ def write_tar(records: Iterable[Record], local_path: str, task: str) -> tuple[st
     return index, stats
 
 
-def commit_file(local_path: str, url: str, sha256: str) -> bool:
-    """Upload ``local_path`` to ``url`` under a temporary name, then move it into place.
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
 
-    Returns False (and writes nothing) when ``url`` already holds these exact bytes.
+
+def commit_file(local_path: str, url: str, sha256: str) -> bool:
+    """Put ``local_path`` at ``url`` so that readers see the whole file or nothing.
+
+    A file system gets a temporary name beside the target and a rename. An object store (S3)
+    shows an object only once its PUT (or multipart upload) is complete, so the object is put
+    under its final name directly: a rename there would be a second full copy, and its
+    copy-then-delete races with listings of the same prefix. Returns False (and writes nothing)
+    when ``url`` already holds these exact bytes.
     """
     fs, path = fs_and_path(url)
     size = os.path.getsize(local_path)
+    parent = path.rsplit("/", 1)[0]
+    # fsspec shares one filesystem instance per process: a listing made elsewhere (a reader, a
+    # monitor) leaves a directory cache that may predate our files; drop it
+    fs.invalidate_cache(parent)
     if fs.exists(path) and fs.size(path) == size and sha256_url(url) == sha256:
         return False
-    parent = path.rsplit("/", 1)[0]
+    if not _is_local(fs):
+        fs.put_file(local_path, path)
+        fs.invalidate_cache(parent)
+        return True
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
     fs.put_file(local_path, tmp)
