@@ -50,20 +50,10 @@ $(SYNTH)/_truth/manifest.json:
 etl: synth
 	$(PY) -m spark_jobs.pipeline raw=$(SYNTH) out=$(ETL_OUT) $(ETL_ARGS)
 
-demo: shards
-	$(PY) -m shards.verify $(SHARDS_OUT)
-	@echo
-	@echo "demo done: synthetic MIMIC-IV + MIMIC-CXR-JPG in $(SYNTH) (ground truth in $(SYNTH)/_truth)"
-	@echo "           Delta tables (bronze/silver/gold, _quality) in $(ETL_OUT)"
-	@echo "           WebDataset shards + manifest.json in $(SHARDS_OUT)"
-	@echo "           unimodal run ($(TRAIN_MODEL) on $(TRAIN_TASK)) in runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0"
-	@$(PY) -c "import json; m = json.load(open('runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0/metrics.json')); \
-		print('           test:', {k: round(v['value'], 4) for k, v in m['test']['metrics'].items()})"
-
 clean:
 	rm -rf $(DATA) runs spark-warehouse .pytest_cache
 
-# --- shards (issue 4): gold Delta tables -> WebDataset shards + DALI index + manifest.json
+# --- shards: gold Delta tables -> WebDataset shards + DALI index + manifest.json
 SHARDS_OUT := $(DATA)/shards-$(PATIENTS)p-seed$(SEED)
 SHARDS_ARGS ?=
 
@@ -71,15 +61,16 @@ shards: etl
 	$(PY) -m shards.write tables=$(ETL_OUT) out=$(SHARDS_OUT) $(SHARDS_ARGS)
 
 verify-shards: setup
-	$(PY) -m shards.verify $(SHARDS_OUT)
+	$(PY) -m shards.verify $(SHARDS_OUT) tables=$(ETL_OUT)
 
-# --- trainer (issue 5): a small unimodal run on the synthetic shards; `make train TRAIN_TASK=decomp`
+# --- trainer: a small run on the synthetic shards, e.g. `make train TRAIN_TASK=decomp NPROC=2`
 TRAIN_TASK ?= ihm
 TRAIN_MODEL ?= uni_ehr
 NPROC ?= 1
 TRAIN_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: train bench-train
+.PHONY: train bench-train compare bench-models
 train: shards
 	$(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --standalone trainer/train.py \
 		task=$(TRAIN_TASK) model=$(TRAIN_MODEL) data.shards=$(SHARDS_OUT) train=smoke $(TRAIN_ARGS)
@@ -87,19 +78,24 @@ train: shards
 bench-train: setup
 	$(PY) scripts/bench_train.py $(BENCH_ARGS)
 
-# `make demo` trains a unimodal model too and prints its test metrics last (recipe above).
-demo: train
-
-# --- models (issue 6): unimodal vs MedFuse on one task (`make compare COMPARE_MODELS="uni_ehr uni_cxr early late medfuse"`)
+# --- models: unimodal vs fusion on one task (`make compare COMPARE_MODELS="uni_ehr uni_cxr early late medfuse"`)
 COMPARE_MODELS ?= uni_ehr uni_cxr medfuse
 COMPARE_ARGS ?= train=smoke
 
-.PHONY: compare bench-models
 compare: shards
 	$(PY) scripts/compare_fusion.py --shards $(SHARDS_OUT) --tasks $(TRAIN_TASK) --models $(COMPARE_MODELS) \
 		--runs runs/compare -- $(COMPARE_ARGS)
 
 bench-models: setup
-	nice -n 19 $(PY) scripts/bench_models.py
+	$(PY) scripts/bench_models.py $(BENCH_ARGS)
 
-demo: compare
+# generator -> ETL -> shards (verified) -> a unimodal run -> unimodal vs MedFuse
+demo: shards
+	$(PY) -m shards.verify $(SHARDS_OUT) tables=$(ETL_OUT)
+	$(MAKE) --no-print-directory train
+	$(MAKE) --no-print-directory compare
+	@echo
+	@echo "demo done: synthetic MIMIC-IV + MIMIC-CXR-JPG in $(SYNTH) (ground truth in $(SYNTH)/_truth)"
+	@echo "           Delta tables (bronze/silver/gold, _quality) in $(ETL_OUT)"
+	@echo "           WebDataset shards + manifest.json in $(SHARDS_OUT)"
+	@echo "           runs in runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0 and runs/compare (table above)"
