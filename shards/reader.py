@@ -280,11 +280,23 @@ def _shard_source(urls: list[str], shuffle: bool, repeat: bool, seed: int) -> Ca
     return source
 
 
+def _no_listings(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Options for opening one shard of an object store without the directory-listing cache.
+
+    The manifest names every shard, so a reader never needs a listing; but fsspec shares one
+    filesystem instance per process, and a listing made by anyone else before a shard was
+    committed would make its open fail with FileNotFoundError. A separate instance without the
+    cache asks the store itself (one HEAD per shard)."""
+    if fsspec.utils.get_protocol(url) in ("file", "local"):
+        return storage_options
+    return {"use_listings_cache": False, **storage_options}
+
+
 def _open_with_fsspec(storage_options: dict[str, Any], handler: Callable[[Exception], bool]):
     def stage(src: Iterator[dict]) -> Iterator[dict]:
         for item in src:
             try:
-                stream = fsspec.open(item["url"], "rb", **storage_options).open()
+                stream = fsspec.open(item["url"], "rb", **_no_listings(item["url"], storage_options)).open()
             except Exception as exn:  # noqa: BLE001 - the handler decides (eval: reraise)
                 exn.args = (*exn.args, item["url"])
                 if handler(exn):

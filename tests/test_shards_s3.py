@@ -75,3 +75,17 @@ def test_read_while_the_bucket_is_listed_and_written(s3):
         sum(got.values()) == manifest["tasks"]["ihm"]["splits"]["test"]["samples"] and max(got.values()) == 1
     )
     assert not [p for p in s3.find("medmod/live") if "/.tmp-" in p]
+
+
+def test_stale_listing_does_not_hide_a_committed_shard(s3):
+    """A listing cached (by anyone in the process) while a shard was still being written must not
+    make the reader miss it: shards are opened by the names in the manifest, not from listings."""
+    url = "s3://medmod/stale"
+    manifest = tiny_dataset(url, tasks=("ihm",), records=9, records_per_shard=2)
+    test_shards = [s["name"] for s in manifest["tasks"]["ihm"]["splits"]["test"]["shards"]]
+    parent = f"medmod/stale/{test_shards[0].rsplit('/', 1)[0]}"
+    listing = s3.ls(parent, detail=True, refresh=True)
+    # the shared instance's cache as a listing taken before the last shard appeared
+    s3.dircache[parent] = [e for e in listing if not e["name"].endswith(test_shards[-1].rsplit("/", 1)[1])]
+    got = [s["sample_id"] for s in shard_dataset(url, ReaderConfig(task="ihm", split="test"))]
+    assert len(got) == manifest["tasks"]["ihm"]["splits"]["test"]["samples"]
