@@ -71,8 +71,11 @@ TRAIN_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: train bench-train compare bench-models
+# Runs live beside the data they were trained on: a run directory is resumed when it exists, so
+# runs of another dataset must not share it.
+RUNS ?= $(DATA)/runs-$(PATIENTS)p-seed$(SEED)
 TRAIN_CMD = $(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --standalone trainer/train.py \
-	task=$(TRAIN_TASK) model=$(TRAIN_MODEL) data.shards=$(SHARDS_OUT) train=smoke $(TRAIN_ARGS)
+	task=$(TRAIN_TASK) model=$(TRAIN_MODEL) data.shards=$(SHARDS_OUT) train.runs_dir=$(RUNS) train=smoke $(TRAIN_ARGS)
 
 train: shards
 	$(TRAIN_CMD)
@@ -85,7 +88,7 @@ bench-train: setup
 COMPARE_MODELS ?= uni_ehr uni_cxr medfuse
 COMPARE_ARGS ?= train=smoke data.image_resize=128 data.image_crop=112
 COMPARE_CMD = $(PY) scripts/compare_fusion.py --shards $(SHARDS_OUT) --tasks $(TRAIN_TASK) \
-	--models $(COMPARE_MODELS) --runs runs/compare -- $(COMPARE_ARGS)
+	--models $(COMPARE_MODELS) --runs $(RUNS)/compare -- $(COMPARE_ARGS)
 
 compare: shards
 	$(COMPARE_CMD)
@@ -102,4 +105,4 @@ demo: shards
 	@echo "demo done: synthetic MIMIC-IV + MIMIC-CXR-JPG in $(SYNTH) (ground truth in $(SYNTH)/_truth)"
 	@echo "           Delta tables (bronze/silver/gold, _quality) in $(ETL_OUT)"
 	@echo "           WebDataset shards + manifest.json in $(SHARDS_OUT)"
-	@echo "           runs in runs/$(TRAIN_TASK)/$(TRAIN_MODEL)/0 and runs/compare (table above)"
+	@echo "           runs in $(RUNS)/$(TRAIN_TASK)/$(TRAIN_MODEL)/0 and $(RUNS)/compare (table above)"
