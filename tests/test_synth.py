@@ -295,3 +295,30 @@ def test_gzip_members_concatenate_into_one_valid_stream(synth_root):
     lines = text.splitlines()
     assert lines[0] == ",".join(SCHEMA["chartevents"].column_names)
     assert len(lines) - 1 == len(pd.read_csv(io.BytesIO(raw), compression="gzip"))
+
+
+def test_unused_scale_multiplies_only_the_rows_of_unused_items():
+    """``unused_scale`` k charts the unused items k times (0: never) and leaves the benchmark's
+    items alone, so a MIMIC-like mix only adds rows the ETL filters out. Counts are compared
+    loosely: the extra rows draw from the stay's random stream (duplicate quirks, later stays)."""
+    from spark_jobs import resources
+    from spark_jobs.synth import model as M
+    from spark_jobs.synth.tables import chunk_tables
+
+    used = {(m.itemid, m.linksto) for p in resources.ITEM_MAP_PRESETS for m in resources.item_map(p)}
+
+    def counts(scale: int) -> dict[str, tuple[int, int]]:
+        tables, _, _ = chunk_tables(M.ModelConfig(seed=3, unused_scale=scale), 0, 6)
+        out = {}
+        for name in ("chartevents", "labevents"):
+            is_used = tables[name]["itemid"].astype(int).map(lambda i, n=name: (i, n) in used)
+            out[name] = (int(is_used.sum()), int((~is_used).sum()))
+        return out
+
+    none, one, three = counts(0), counts(1), counts(3)
+    for name in ("chartevents", "labevents"):
+        assert none[name][1] == 0 and one[name][1] > 100
+        assert 2.8 < three[name][1] / one[name][1] < 3.2
+        assert abs(three[name][0] - none[name][0]) <= 0.1 * none[name][0]
+    with pytest.raises(ValueError, match="unused-scale"):
+        generate(SynthConfig(out="/nonexistent", patients=3, unused_scale=-1), None)
