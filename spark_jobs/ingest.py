@@ -29,7 +29,7 @@ from spark_jobs.mimic_schema import CXR_TABLES, RawTable, mimic_iv_tables
 from spark_jobs.quality import Checked, empty_rejects
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, Observation, SparkSession
     from pyspark.sql.types import DataType
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ STAGING = "_staging"
 REASON = "__reason"
 RECORD = "__record"
 WANTED = "__wanted"
+FILTERED_OUT = "filtered_out"
 EVENT_TABLES = frozenset({"chartevents", "labevents"})
 DEFAULT_TABLES = (
     "patients",
@@ -458,20 +459,39 @@ def item_wanted(raw: DataFrame, itemids: Sequence[int]) -> Column:
     return F.col(CORRUPT).isNotNull() | wanted if CORRUPT in raw.columns else wanted
 
 
-def _tag(raw: DataFrame, table: RawTable, wanted: Column | None = None) -> DataFrame:
-    """``raw`` plus the typed values ``__v<i>`` and the one ``__reason`` (null: keep).
+def mark_wanted(raw: DataFrame, itemids: Sequence[int]) -> DataFrame:
+    """``raw`` + ``__wanted`` (:func:`item_wanted`), with every other column of the rows it rules
+    out set to null: those rows are only counted, so they cross a shuffle (the spread of a
+    single-task input) as a boolean, not as the raw strings."""
+    from pyspark.sql import functions as F
 
-    With ``wanted`` (see :func:`item_wanted`) the rows where it is false are neither typed nor
-    checked: values and reason null, ``__wanted`` false.
+    marked = raw.withColumn(WANTED, item_wanted(raw, itemids))
+    return marked.select(*[F.when(F.col(WANTED), F.col(_q(c))).alias(c) for c in raw.columns], F.col(WANTED))
+
+
+def keep_wanted(marked: DataFrame) -> tuple[DataFrame, Observation]:
+    """The wanted rows of a :func:`mark_wanted` frame, and an Observation that counts the others
+    (``filtered_out``) as the rows go by: they are neither typed nor written anywhere.
+
+    Read the observation only after an action on the returned frame succeeded (it waits for
+    one). The count is exact: it is taken in the stage that also writes the rows (a filter cannot
+    move below the observation), whose tasks report once each, retries included.
     """
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    counted = Observation()
+    observed = marked.observe(counted, F.count_if(~F.col(WANTED)).alias(FILTERED_OUT))
+    return observed.where(F.col(WANTED)).drop(WANTED), counted
+
+
+def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
+    """``raw`` plus the typed values ``__v<i>`` and the one ``__reason`` (null: keep)."""
     from pyspark.sql import functions as F
 
     source_types = {f.name: f.dataType for f in raw.schema.fields}
     names = table.column_names
     parsed = [_typed(c, logical, source_types[c]) for c, logical in table.columns]
-    if wanted is not None:
-        raw = raw.withColumn(WANTED, wanted)
-        parsed = [(F.when(F.col(WANTED), v), F.when(F.col(WANTED), p)) for v, p in parsed]
     tagged = raw.select(
         "*",
         *[value.alias(f"__v{i}") for i, (value, _) in enumerate(parsed)],
@@ -487,11 +507,10 @@ def _tag(raw: DataFrame, table: RawTable, wanted: Column | None = None) -> DataF
     for i, (_, logical) in enumerate(table.columns):
         bad = F.coalesce(F.col(f"__p{i}"), F.lit(False)) & F.col(f"__v{i}").isNull()
         checks.append(F.when(bad, F.lit(f"bad_{logical}:{names[i]}")))
-    reason = F.coalesce(*checks)
-    return tagged.withColumn(REASON, reason if wanted is None else F.when(F.col(WANTED), reason))
+    return tagged.withColumn(REASON, F.coalesce(*checks))
 
 
-def stage_rows(raw: DataFrame, table: RawTable, wanted: Column | None = None) -> DataFrame:
+def stage_rows(raw: DataFrame, table: RawTable) -> DataFrame:
     """Every raw row once, with its fate decided: ``__reason`` (null: keep), the typed values
     ``__v<i>`` (declared order), ``_source`` and, for rejected rows only, the raw row as JSON in
     ``__record``.
@@ -499,19 +518,16 @@ def stage_rows(raw: DataFrame, table: RawTable, wanted: Column | None = None) ->
     Kept rows, rejected rows and the counts are all projections of this one frame, so the run
     writes it once (the only pass over the raw files) and derives the rest from that copy.
     Columns are positional (``__v<i>``) so names Delta cannot store as-is need no special care.
-    ``wanted``: see :func:`item_wanted`; the rows it rules out are staged as ``__wanted`` false
-    (and nothing else) so that they are still counted.
     """
     from pyspark.sql import functions as F
 
-    tagged = _tag(raw, table, wanted)
+    tagged = _tag(raw, table)
     record = F.to_json(F.struct(*[F.col(_q(c)) for c in raw.columns]))
     return tagged.select(
         F.col(REASON),
         *[F.col(f"__v{i}") for i in range(len(table.columns))],
         *([F.col(SOURCE)] if SOURCE in raw.columns else []),
         F.when(F.col(REASON).isNotNull(), record).alias(RECORD),
-        *([F.col(WANTED)] if wanted is not None else []),
     )
 
 
@@ -520,8 +536,7 @@ def unstage(staged: DataFrame, table: RawTable) -> Checked:
     quarantine shape) of a :func:`stage_rows` frame."""
     from pyspark.sql import functions as F
 
-    keep = F.col(REASON).isNull() & (F.col(WANTED) if WANTED in staged.columns else F.lit(True))
-    kept = staged.where(keep).select(
+    kept = staged.where(F.col(REASON).isNull()).select(
         *[F.col(f"__v{i}").alias(c) for i, c in enumerate(table.column_names)],
         *([F.col(SOURCE)] if SOURCE in staged.columns else []),
     )
@@ -544,15 +559,6 @@ def apply_types(raw: DataFrame, table: RawTable) -> Checked:
     in declared order plus ``_source``; rejected ones carry the raw row (as read) as JSON.
     """
     return unstage(stage_rows(raw, table), table)
-
-
-def filter_items(df: DataFrame, itemids: Sequence[int] | None) -> DataFrame:
-    """Events of the benchmark's items only. Not a reject: the other items are simply unused."""
-    from pyspark.sql import functions as F
-
-    if itemids is None:
-        return df
-    return df.where(F.col("itemid").isin([int(i) for i in itemids]))
 
 
 # --- errors at the boundary ---------------------------------------------------------------------
@@ -693,8 +699,11 @@ class _Plan(NamedTuple):
     name: str
     table: RawTable
     loc: Located
-    staged: DataFrame  # stage_rows over the raw files
-    filtered: bool  # an events table filtered to cfg.itemids
+    size: int  # bytes of the input files
+    staged: DataFrame  # stage_rows over the raw files (the wanted rows of an events table)
+    # Counts the rows of items outside cfg.itemids as the staging write reads them (None: the
+    # table is not filtered).
+    unused: Observation | None
 
 
 def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
@@ -734,14 +743,15 @@ def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers:
 _SPREAD_MIN_BYTES = 8 << 20
 
 
-def _spread(spark: SparkSession, raw: DataFrame, loc: Located, cfg: IngestConfig, fs: _HadoopFs) -> DataFrame:
-    """``raw`` over ``cfg.spread`` partitions when it is a big input read by a single task."""
-    cores = spark.sparkContext.defaultParallelism
+def _spread(raw: DataFrame, loc: Located, size: int, cfg: IngestConfig) -> DataFrame:
+    """``raw`` (``size`` bytes of input) over ``cfg.spread`` partitions when it is a big input
+    read by a single task."""
+    cores = raw.sparkSession.sparkContext.defaultParallelism
     target = cfg.spread or 2 * cores
     # gzip & co. cannot be split: one task per file, however big (bzip2 can be split).
     unsplittable = all(_is_compressed(f) and not f.endswith(".bz2") for f in loc.files)
     single_task = loc.format == "csv" and unsplittable and len(loc.files) < cores
-    small = cfg.spread == 0 and fs.size(loc.files) < _SPREAD_MIN_BYTES  # auto skips small inputs
+    small = cfg.spread == 0 and size < _SPREAD_MIN_BYTES  # auto skips small inputs
     if target <= 1 or not single_task or small:
         return raw
     return raw.repartition(target)
@@ -763,29 +773,23 @@ def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
     log.info("ingest %s: raw files read and staged in %.1fs", plan.name, time.monotonic() - start)
 
 
-def _wanted(plan: _Plan) -> Column:
-    """True for the staged rows bronze keeps once valid: events of the wanted items, all others."""
-    from pyspark.sql import functions as F
-
-    return F.col(WANTED) if plan.filtered else F.lit(True)
-
-
 def _count_staged(
     spark: SparkSession, plans: Sequence[_Plan], cfg: IngestConfig, out: str
 ) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
-    """{table: (rows_in / kept / rejected / filtered_out, rejected by reason)} of the staged rows.
+    """{table: (rows_in / kept / rejected / filtered_out, rejected by reason)} of the staged rows
+    and the rows of unused items counted on the way (call after the staging writes).
 
-    One Spark job for all tables (reading two columns of each staging table), not one per table.
+    One Spark job for all tables (reading one column of each staging table), not one per table.
     """
     from pyspark.sql import functions as F
 
     parts = [
         spark.read.format("delta")
         .load(staging_path(out, p.name))
-        .select(F.lit(p.name).alias("table"), F.col(REASON), _wanted(p).alias("wanted"))
+        .select(F.lit(p.name).alias("table"), REASON)
         for p in plans
     ]
-    groups = reduce(lambda a, b: a.unionByName(b), parts).groupBy("table", REASON, "wanted").count().collect()
+    groups = reduce(lambda a, b: a.unionByName(b), parts).groupBy("table", REASON).count().collect()
     out_counts = {}
     for p in plans:
         mine = [r for r in groups if r["table"] == p.name]
@@ -793,25 +797,25 @@ def _count_staged(
         for r in mine:
             if r[REASON] is not None:
                 by_reason[r[REASON]] = by_reason.get(r[REASON], 0) + r["count"]
+        kept = sum(r["count"] for r in mine if r[REASON] is None)
+        filtered_out = int(p.unused.get.get(FILTERED_OUT) or 0) if p.unused is not None else 0
         c = {
-            "rows_in": sum(r["count"] for r in mine),
-            "kept": sum(r["count"] for r in mine if r[REASON] is None and r["wanted"]),
+            "rows_in": kept + sum(by_reason.values()) + filtered_out,
+            "kept": kept,
             "rejected": sum(by_reason.values()),
-            "filtered_out": sum(r["count"] for r in mine if r[REASON] is None and not r["wanted"]),
+            "filtered_out": filtered_out,
         }
         out_counts[p.name] = (c, by_reason)
     return out_counts
 
 
-def _write_bronze(
-    spark: SparkSession, plan: _Plan, cfg: IngestConfig, out: str, expected: dict[str, int]
-) -> None:
+def _write_bronze(spark: SparkSession, plan: _Plan, out: str, expected: dict[str, int]) -> None:
     """The kept rows of the staged table to ``bronze/<table>``; checks that the rows written are
     the rows counted as kept (``rows_in = kept + rejected + filtered_out`` then holds for what
     is really in the table)."""
     start = time.monotonic()
     kept = unstage(spark.read.format("delta").load(staging_path(out, plan.name)), plan.table).kept
-    _write_delta(filter_items(kept, cfg.itemids) if plan.filtered else kept, bronze_path(out, plan.name))
+    _write_delta(kept, bronze_path(out, plan.name))
     written = _rows_written(spark, bronze_path(out, plan.name))
     if written != expected["kept"]:
         raise IngestError(
@@ -842,14 +846,18 @@ def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str,
         root, table = _table(cfg, name, layout)
         loc = locate(spark, root, table)
         log.info("ingest %s: %s (%s, %d file(s))", name, loc.path, loc.format, len(loc.files))
-        filtered = name in EVENT_TABLES and cfg.itemids is not None
-        raw = _spread(spark, read_raw(spark, loc, table), loc, cfg, fs)
-        wanted = item_wanted(raw, cfg.itemids or ()) if filtered else None
-        plans.append(_Plan(name, table, loc, stage_rows(raw, table, wanted), filtered))
+        size = fs.size(loc.files)
+        raw, unused = read_raw(spark, loc, table), None
+        if name in EVENT_TABLES and cfg.itemids is not None:
+            # Unused items are marked before the spread (they cross it as a flag) and counted after.
+            raw, unused = keep_wanted(_spread(mark_wanted(raw, cfg.itemids), loc, size, cfg))
+        else:
+            raw = _spread(raw, loc, size, cfg)
+        plans.append(_Plan(name, table, loc, size, stage_rows(raw, table), unused))
 
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.
-    by_size = sorted(plans, key=lambda p: -fs.size(p.loc.files))
+    by_size = sorted(plans, key=lambda p: -p.size)
     try:
         _in_parallel(
             spark, [partial(_write_staging, spark, p, staging_path(out, p.name)) for p in by_size], workers
@@ -859,9 +867,7 @@ def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str,
             c, by_reason = staged_counts[p.name]
             log.info("ingest %s: %s; rejected by reason: %s", p.name, c, by_reason)
         counts = {name: c for name, (c, _) in staged_counts.items()}
-        _in_parallel(
-            spark, [partial(_write_bronze, spark, p, cfg, out, counts[p.name]) for p in by_size], workers
-        )
+        _in_parallel(spark, [partial(_write_bronze, spark, p, out, counts[p.name]) for p in by_size], workers)
         # Tables without rejects add nothing (but stay in replaceWhere: their old rejects go).
         quarantine = reduce(
             lambda acc, p: acc.unionByName(

@@ -21,7 +21,6 @@ from spark_jobs.ingest import (
     MissingInputError,
     apply_types,
     detect_layout,
-    filter_items,
     locate,
     read_table,
 )
@@ -287,12 +286,6 @@ def test_detect_layout_v1_and_v2(spark, tmp_path):
     assert detect_layout(spark, str(tmp_path / "v2")) == "v2"
     with pytest.raises(MissingInputError, match="core/patients"):
         detect_layout(spark, str(tmp_path / "nothing"))
-
-
-def test_filter_items(spark):
-    df = spark.createDataFrame([(1, 220045), (2, 999), (3, 50820)], "subject_id long, itemid long")
-    assert sorted(r["subject_id"] for r in filter_items(df, [220045, 50820]).collect()) == [1, 3]
-    assert filter_items(df, None) is df
 
 
 def test_run_writes_bronze_and_quarantine(spark, tmp_path):
