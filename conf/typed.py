@@ -175,3 +175,22 @@ def load(cls: type[T], *layers: dict[str, Any], overrides: list[str] | None = No
         merged = _deep_merge(merged, layer)
     merged = _deep_merge(merged, parse_overrides(overrides or []))
     return build(cls, merged)
+
+
+def from_command_line(
+    words: list[str], loader: typing.Callable[[list[str]], T], usage: str | None, bad_config: int = 2
+) -> T | int:
+    """The config of a ``key=value`` command line, or the exit code the program should return
+    at once: 0 after printing ``usage`` for ``-h``/``--help``; ``bad_config`` after printing a
+    config error as one ``error:`` line (never a traceback). Shared by the entry points.
+    """
+    import sys
+
+    if any(w in ("-h", "--help") for w in words):
+        print(usage)
+        return 0
+    try:
+        return loader(words)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return bad_config

@@ -471,14 +471,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
-    if any(w in ("-h", "--help") for w in argv):
-        print(__doc__)
-        return 0
-    try:
-        cfg = load_config(argv)
-    except (typed.ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = typed.from_command_line(argv, load_config, __doc__)
+    if isinstance(cfg, int):
+        return cfg
     from spark_jobs.session import build_spark
 
     spark = build_spark(cfg.spark)

@@ -308,15 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
-    words = sys.argv[1:] if argv is None else argv
-    if any(w in ("-h", "--help") for w in words):
-        print(__doc__)
-        return 0
-    try:
-        cfg = load_config(words)
-    except (typed.ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = typed.from_command_line(sys.argv[1:] if argv is None else argv, load_config, __doc__)
+    if isinstance(cfg, int):
+        return cfg
     spark = build_spark(cfg.spark)
     start = time.time()
     try:

@@ -80,3 +80,25 @@ def test_every_etl_preset_builds():
     assert default.samples.pairing == "causal" and parity.samples.pairing == "last_in_stay"
     assert default.events.outliers and not parity.events.outliers
     assert parity.events.item_map == "parity" and parity.cohort.count_dod
+
+
+@pytest.mark.parametrize(
+    "module, bad_exit, words",
+    [
+        ("spark_jobs.pipeline", 2, []),
+        ("shards.spark_write", 2, []),
+        ("trainer.train", None, ["task=ihm", "model=uni_ehr"]),
+    ],
+)
+def test_entry_points_answer_help_and_bad_config_without_a_traceback(module, bad_exit, words, capsys):
+    """Every ``key=value`` entry point: help exits 0 with its usage, an unknown key exits with
+    its config code and one ``error:`` line (checked before any Spark or torch work starts)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    bad_exit = bad_exit if bad_exit is not None else mod.EXIT_CONFIG
+    assert mod.main(["--help"]) == 0
+    assert mod.__doc__.strip().splitlines()[0] in capsys.readouterr().out
+    assert mod.main([*words, "no_such_key=1"]) == bad_exit
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no_such_key" in err[0]

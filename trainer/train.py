@@ -551,15 +551,11 @@ def guarded(cfg: RunConfig, body: Any) -> tuple[int, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else argv
-    if any(w in ("-h", "--help") for w in words):
-        print(__doc__)
-        return 0
-    try:
-        cfg = load_run_config(words)
-    except (typed.ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+    cfg = typed.from_command_line(
+        sys.argv[1:] if argv is None else argv, load_run_config, __doc__, EXIT_CONFIG
+    )
+    if isinstance(cfg, int):
+        return cfg
     code, results = guarded(cfg, lambda ctx: run(cfg, ctx))
     if results is not None:
         log.info("results in %s\n%s", cfg.run_dir(), summary_line(results))
