@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -294,12 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = bc.machine_facts()
     runs = [measure(args, n, images=False) for n in sorted(args.sizes)]
     runs += [measure(args, n, images=True) for n in sorted(args.image_sizes)]
-    facts["load average at end (1/5/15 min)"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    text = report(args, runs, facts)
-    print(text)
-    if not args.no_write:
-        bc.append_section(text)
-        bc.log.info("appended to %s", bc.BENCHMARKS_MD)
+    bc.publish(facts, lambda f: report(args, runs, f), write=not args.no_write)
     return 0
 
 
