@@ -47,16 +47,23 @@ def stay_prefix_rows(samples: DataFrame, timeseries: DataFrame, split: str = "tr
     return timeseries.join(prefix, "stay_id").where(F.col("bin") < F.col("__n")).select("x")
 
 
-def latest_window_rows(samples: DataFrame, window_timeseries: DataFrame, split: str = "train") -> DataFrame:
-    """``x`` of the window of each ``split`` stay's latest sample (ties: the largest sample_id)."""
+def latest_samples(samples: DataFrame, split: str = "train") -> DataFrame:
+    """``sample_id, stay_id, hour`` of each ``split`` stay's latest sample (ties: the largest
+    sample_id). Discretize only these windows for the radiology normalizer: the others are not
+    counted, and Spark cannot push the choice below the discretization by itself."""
     from pyspark.sql import functions as F
 
-    latest = (
+    return (
         samples.where(F.col("split") == split)
         .groupBy("stay_id")
         .agg(F.max(F.struct("hour", "sample_id")).alias("__s"))
-        .select(F.col("__s.sample_id").alias("sample_id"))
+        .select(F.col("__s.sample_id").alias("sample_id"), "stay_id", F.col("__s.hour").alias("hour"))
     )
+
+
+def latest_window_rows(samples: DataFrame, window_timeseries: DataFrame, split: str = "train") -> DataFrame:
+    """``x`` of the window of each ``split`` stay's latest sample (ties: the largest sample_id)."""
+    latest = latest_samples(samples, split).select("sample_id")
     return window_timeseries.join(latest, "sample_id").select("x")
 
 

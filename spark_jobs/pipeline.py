@@ -25,7 +25,7 @@ from spark_jobs import delta_io, ingest, resources
 from spark_jobs.cohort import CohortConfig, build_stays
 from spark_jobs.cxr import build_cxr
 from spark_jobs.events import EventsConfig, build_events
-from spark_jobs.normalizer import NormalizerConfig, build_normalizer
+from spark_jobs.normalizer import NormalizerConfig, build_normalizer, latest_samples
 from spark_jobs.quality import Checked
 from spark_jobs.session import SparkConfig, build_spark
 from spark_jobs.tasks import TASKS, TasksConfig, build_samples, first_event_hours, radiology_windows
@@ -239,8 +239,9 @@ class Pipeline:
             samples = self.read("gold", f"samples_{task}")
             rows = timeseries
             if task == "radiology":
+                latest = latest_samples(samples, self.cfg.normalizer.split)
                 rows = discretize_windows(
-                    self.read("silver", "events"), radiology_windows(samples), self.cfg.samples.timeseries()
+                    self.read("silver", "events"), radiology_windows(latest), self.cfg.samples.timeseries()
                 )
             stats = build_normalizer(task, samples, rows, self.cfg.normalizer)
             n = self.write("normalizer", "gold", f"normalizer_{task}", stats, self.cfg.normalizer)

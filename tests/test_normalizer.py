@@ -93,3 +93,20 @@ def test_radiology_uses_latest_window_and_single_row_floor(stats):
 def test_unknown_task_is_an_error():
     with pytest.raises(ValueError):
         N.build_normalizer("mortality", None, None)
+
+
+def test_latest_samples_pick_one_window_per_stay(spark):
+    """What the pipeline discretizes for the radiology normalizer: each stay's latest sample of
+    the split (ties on hour: the largest sample_id), with the window end it needs."""
+    rad = spark.createDataFrame(
+        [
+            ("r:1:a", 1, "train", 1.5, 2),
+            ("r:1:b", 1, "train", 2.5, 3),
+            ("r:1:c", 1, "train", 2.5, 3),  # same hour as b: the larger id wins
+            ("r:1:d", 1, "test", 9.0, 9),  # other split
+            ("r:2:e", 2, "train", 0.5, 1),
+        ],
+        SAMPLES,
+    )
+    got = sorted(tuple(r) for r in N.latest_samples(rad, "train").collect())
+    assert got == [("r:1:c", 1, 2.5), ("r:2:e", 2, 0.5)]
