@@ -116,9 +116,10 @@ class IngestConfig:
     time (0: as many as Spark has cores); a ``.csv.gz`` is one Spark task however big it is, so
     reading the tables side by side is what keeps more than one core busy. ``spread``: the rows
     of an input read by fewer tasks than Spark has cores (a ``.csv.gz``) are spread round-robin
-    over this many partitions right after parsing, so typing, checking and writing use every
-    core and bronze gets as many files for the later stages to read in parallel (0: two per
-    core, inputs of 8 MB and more; 1: off).
+    over this many partitions, so that bronze gets as many files for the later stages to read in
+    parallel: right after parsing (typing and checking then use every core too), or for the
+    events tables filtered to ``itemids``, when bronze is written (0: two per core, inputs of
+    8 MB and more; 1: off).
     """
 
     raw: str
@@ -459,28 +460,20 @@ def item_wanted(raw: DataFrame, itemids: Sequence[int]) -> Column:
     return F.col(CORRUPT).isNotNull() | wanted if CORRUPT in raw.columns else wanted
 
 
-def mark_wanted(raw: DataFrame, itemids: Sequence[int]) -> DataFrame:
-    """``raw`` + ``__wanted`` (:func:`item_wanted`), with every other column of the rows it rules
-    out set to null: those rows are only counted, so they cross a shuffle (the spread of a
-    single-task input) as a boolean, not as the raw strings."""
-    from pyspark.sql import functions as F
-
-    marked = raw.withColumn(WANTED, item_wanted(raw, itemids))
-    return marked.select(*[F.when(F.col(WANTED), F.col(_q(c))).alias(c) for c in raw.columns], F.col(WANTED))
-
-
-def keep_wanted(marked: DataFrame) -> tuple[DataFrame, Observation]:
-    """The wanted rows of a :func:`mark_wanted` frame, and an Observation that counts the others
-    (``filtered_out``) as the rows go by: they are neither typed nor written anywhere.
+def keep_wanted(raw: DataFrame, itemids: Sequence[int]) -> tuple[DataFrame, Observation]:
+    """The rows of ``raw`` worth typing (:func:`item_wanted`), and an Observation that counts the
+    others (``filtered_out``) as the rows go by: they are neither typed nor written anywhere.
 
     Read the observation only after an action on the returned frame succeeded (it waits for
-    one). The count is exact: it is taken in the stage that also writes the rows (a filter cannot
-    move below the observation), whose tasks report once each, retries included.
+    one). Write the frame without a shuffle in between, so that the count is taken in the stage
+    that writes (a result stage, whose tasks report once each, retries included): exact. The
+    filter cannot move below the observation.
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     counted = Observation()
+    marked = raw.withColumn(WANTED, item_wanted(raw, itemids))
     observed = marked.observe(counted, F.count_if(~F.col(WANTED)).alias(FILTERED_OUT))
     return observed.where(F.col(WANTED)).drop(WANTED), counted
 
@@ -704,6 +697,7 @@ class _Plan(NamedTuple):
     # Counts the rows of items outside cfg.itemids as the staging write reads them (None: the
     # table is not filtered).
     unused: Observation | None
+    bronze_partitions: int  # > 1: spread the kept rows over this many files when writing bronze
 
 
 def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
@@ -743,18 +737,15 @@ def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers:
 _SPREAD_MIN_BYTES = 8 << 20
 
 
-def _spread(raw: DataFrame, loc: Located, size: int, cfg: IngestConfig) -> DataFrame:
-    """``raw`` (``size`` bytes of input) over ``cfg.spread`` partitions when it is a big input
-    read by a single task."""
-    cores = raw.sparkSession.sparkContext.defaultParallelism
-    target = cfg.spread or 2 * cores
+def _spread_partitions(spark: SparkSession, loc: Located, size: int, cfg: IngestConfig) -> int:
+    """Partitions to spread an input of ``size`` bytes over: ``cfg.spread`` for a big input read
+    by a single task, else 1 (leave the rows where they were read)."""
+    cores = spark.sparkContext.defaultParallelism
     # gzip & co. cannot be split: one task per file, however big (bzip2 can be split).
     unsplittable = all(_is_compressed(f) and not f.endswith(".bz2") for f in loc.files)
     single_task = loc.format == "csv" and unsplittable and len(loc.files) < cores
     small = cfg.spread == 0 and size < _SPREAD_MIN_BYTES  # auto skips small inputs
-    if target <= 1 or not single_task or small:
-        return raw
-    return raw.repartition(target)
+    return 1 if not single_task or small else max(cfg.spread or 2 * cores, 1)
 
 
 def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
@@ -815,6 +806,8 @@ def _write_bronze(spark: SparkSession, plan: _Plan, out: str, expected: dict[str
     is really in the table)."""
     start = time.monotonic()
     kept = unstage(spark.read.format("delta").load(staging_path(out, plan.name)), plan.table).kept
+    if plan.bronze_partitions > 1:
+        kept = kept.repartition(plan.bronze_partitions)
     _write_delta(kept, bronze_path(out, plan.name))
     written = _rows_written(spark, bronze_path(out, plan.name))
     if written != expected["kept"]:
@@ -848,12 +841,16 @@ def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str,
         log.info("ingest %s: %s (%s, %d file(s))", name, loc.path, loc.format, len(loc.files))
         size = fs.size(loc.files)
         raw, unused = read_raw(spark, loc, table), None
+        partitions = _spread_partitions(spark, loc, size, cfg)
         if name in EVENT_TABLES and cfg.itemids is not None:
-            # Unused items are marked before the spread (they cross it as a flag) and counted after.
-            raw, unused = keep_wanted(_spread(mark_wanted(raw, cfg.itemids), loc, size, cfg))
+            # The task that parses also types the few rows worth it (on MIMIC, ~18% of
+            # chartevents): spreading every raw row would cost more than it saves. Bronze is
+            # spread instead, so that later stages still read it in parallel.
+            raw, unused = keep_wanted(raw, cfg.itemids)
+            bronze_partitions = partitions
         else:
-            raw = _spread(raw, loc, size, cfg)
-        plans.append(_Plan(name, table, loc, size, stage_rows(raw, table), unused))
+            raw, bronze_partitions = raw.repartition(partitions) if partitions > 1 else raw, 1
+        plans.append(_Plan(name, table, loc, size, stage_rows(raw, table), unused, bronze_partitions))
 
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.

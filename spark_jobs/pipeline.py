@@ -36,6 +36,19 @@ STAGES = ("ingest", "cohort", "events", "cxr", "timeseries", "tasks", "normalize
 
 
 @dataclass
+class IngestTuning:
+    """How the ingest reads (never what it produces): see ``ingest.IngestConfig``."""
+
+    concurrency: int = 0  # tables read / written side by side (0: one per core)
+    spread: int = 0  # partitions a single-task input is spread over (0: auto, 1: off)
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in (("concurrency", self.concurrency), ("spread", self.spread)) if v < 0}
+        if bad:
+            raise typed.ConfigError(f"ingest.{', ingest.'.join(bad)} must be >= 0, got {bad}")
+
+
+@dataclass
 class PipelineConfig:
     raw: str = "data/synth"
     cxr: str = ""  # empty: the same root as raw (the synthetic layout keeps both together)
@@ -44,6 +57,7 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest: IngestTuning = field(default_factory=IngestTuning)
     cohort: CohortConfig = field(default_factory=CohortConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     samples: TasksConfig = field(default_factory=TasksConfig)
@@ -163,6 +177,8 @@ class Pipeline:
             itemids=sorted(
                 set(resources.all_itemids("chartevents")) | set(resources.all_itemids("labevents"))
             ),
+            concurrency=self.cfg.ingest.concurrency,
+            spread=self.cfg.ingest.spread,
         )
         counts = ingest.run(self.spark, cfg, self.cfg.out)
         for name, c in counts.items():

@@ -102,3 +102,13 @@ def test_entry_points_answer_help_and_bad_config_without_a_traceback(module, bad
     assert mod.main([*words, "no_such_key=1"]) == bad_exit
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "no_such_key" in err[0]
+
+
+def test_pipeline_ingest_tuning_reaches_the_config_and_is_checked_at_load():
+    from spark_jobs.pipeline import IngestTuning, load_config
+
+    assert load_config(["ingest.spread=1", "ingest.concurrency=2"]).ingest == IngestTuning(
+        concurrency=2, spread=1
+    )
+    with pytest.raises(ConfigError, match="ingest.spread"):
+        load_config(["ingest.spread=-1"])
