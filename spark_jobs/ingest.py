@@ -117,8 +117,9 @@ class IngestConfig:
     reading the tables side by side is what keeps more than one core busy. ``spread``: the rows
     of an input read by fewer tasks than Spark has cores (a ``.csv.gz``) are spread round-robin
     over this many partitions, so that bronze gets as many files for the later stages to read in
-    parallel: right after parsing (typing and checking then use every core too), or for the
-    events tables filtered to ``itemids``, when bronze is written (0: two per core, inputs of
+    parallel: right after parsing (typing and checking then use every core too); the events
+    tables filtered to ``itemids`` are not shuffled but written as files of at most
+    ``STAGING_ROWS_PER_FILE`` rows by the parsing task (0: two partitions per core, inputs of
     8 MB and more; 1: off).
     """
 
@@ -697,7 +698,7 @@ class _Plan(NamedTuple):
     # Counts the rows of items outside cfg.itemids as the staging write reads them (None: the
     # table is not filtered).
     unused: Observation | None
-    bronze_partitions: int  # > 1: spread the kept rows over this many files when writing bronze
+    rows_per_file: int  # > 0: the staging write cuts its output into files of at most this many rows
 
 
 def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
@@ -735,6 +736,9 @@ def _in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers:
 # Inputs smaller than this stay in the partitions they were read in: spreading them costs more
 # than the parallelism saves.
 _SPREAD_MIN_BYTES = 8 << 20
+# Files of the staging table of a filtered events table read by a single task: the task cuts its
+# output (no shuffle), so that the bronze write and the later stages read it in parallel.
+STAGING_ROWS_PER_FILE = 1_000_000
 
 
 def _spread_partitions(spark: SparkSession, loc: Located, size: int, cfg: IngestConfig) -> int:
@@ -758,6 +762,8 @@ def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
         # when the quarantine is read, and the single-task raw pass computes no stats it never uses.
         .option("delta.dataSkippingNumIndexedCols", "1")
     )
+    if plan.rows_per_file:
+        writer = writer.option("maxRecordsPerFile", plan.rows_per_file)
     start = time.monotonic()
     with _naming_files(plan.loc.files, what=f"reading table {plan.name} from", spark=spark):
         writer.save(path)
@@ -806,8 +812,6 @@ def _write_bronze(spark: SparkSession, plan: _Plan, out: str, expected: dict[str
     is really in the table)."""
     start = time.monotonic()
     kept = unstage(spark.read.format("delta").load(staging_path(out, plan.name)), plan.table).kept
-    if plan.bronze_partitions > 1:
-        kept = kept.repartition(plan.bronze_partitions)
     _write_delta(kept, bronze_path(out, plan.name))
     written = _rows_written(spark, bronze_path(out, plan.name))
     if written != expected["kept"]:
@@ -844,13 +848,13 @@ def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str,
         partitions = _spread_partitions(spark, loc, size, cfg)
         if name in EVENT_TABLES and cfg.itemids is not None:
             # The task that parses also types the few rows worth it (on MIMIC, ~18% of
-            # chartevents): spreading every raw row would cost more than it saves. Bronze is
-            # spread instead, so that later stages still read it in parallel.
+            # chartevents): spreading every raw row would cost more than it saves. It writes
+            # them to several files instead, so that the later reads are parallel.
             raw, unused = keep_wanted(raw, cfg.itemids)
-            bronze_partitions = partitions
+            rows_per_file = STAGING_ROWS_PER_FILE if partitions > 1 else 0
         else:
-            raw, bronze_partitions = raw.repartition(partitions) if partitions > 1 else raw, 1
-        plans.append(_Plan(name, table, loc, size, stage_rows(raw, table), unused, bronze_partitions))
+            raw, rows_per_file = raw.repartition(partitions) if partitions > 1 else raw, 0
+        plans.append(_Plan(name, table, loc, size, stage_rows(raw, table), unused, rows_per_file))
 
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.

@@ -410,9 +410,11 @@ def _bronze_files(spark, out: Path, table: str) -> int:
     return DeltaTable.forPath(spark, str(out / "bronze" / table)).detail().first()["numFiles"]
 
 
-def test_spread_single_gzip_same_rows_more_files(spark, tmp_path):
-    """A .csv.gz is read by one task; spreading its rows before typing changes the parallelism
-    (bronze files) and nothing else: same rows, same counts, same quarantine."""
+def test_spread_single_gzip_same_rows_more_files(spark, tmp_path, monkeypatch):
+    """A .csv.gz is read by one task; spreading its rows (a filtered events table: cutting the
+    staged rows into files) changes the parallelism (bronze files) and nothing else: same rows,
+    same counts, same quarantine."""
+    monkeypatch.setattr(ingest, "STAGING_ROWS_PER_FILE", 50)
     raw = tmp_path / "raw"
     rng = random.Random(1)
     events = [
