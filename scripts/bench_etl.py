@@ -8,9 +8,9 @@
 For each size the synthetic dataset (``--no-images``; the ETL reads only the CXR tables) is taken
 from ``--cache`` or generated there first (not timed), with ``--unused-scale`` copies of the rows
 of items the benchmark never uses: 13 (the default) makes ~18% of chartevents rows the
-benchmark's items, MIMIC's share, so the ingest reads a MIMIC-like mix. Then a fresh child process runs the whole
-ETL (``Pipeline(load_config([...]), spark).run()``, every stage, fresh output folder) with a timer
-around each stage, while the parent samples the resident memory of the child's process tree (driver
+benchmark's items, MIMIC's share, so the ingest reads a MIMIC-like mix. Then a fresh child
+process runs the whole ETL (``Pipeline(load_config([...]), spark).run()``, every stage, fresh
+output folder) with a timer around each stage, while the parent samples the resident memory of the child's process tree (driver
 Python, JVM, Python workers) every 0.5 s. ETL settings: the default preset plus
 ``spark.driver_memory=8g`` (the ETL's own default is 4g; more room so that a bigger size measures
 the work, not garbage collection), plus any ``--set`` words. The report (per-size numbers, stage

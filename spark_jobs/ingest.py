@@ -753,7 +753,8 @@ def _spread_partitions(spark: SparkSession, loc: Located, size: int, cfg: Ingest
 
 
 def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
-    """The one read of ``plan``'s raw files: every row, typed and tagged, to ``path``."""
+    """The one read of ``plan``'s raw files: every row typed and tagged (of a filtered events
+    table, the rows of the wanted items; the others only counted), to ``path``."""
     _HadoopFs(spark).delete(path)  # left over by a killed run: start clean
     writer = (
         plan.staged.write.format("delta")
@@ -771,7 +772,7 @@ def _write_staging(spark: SparkSession, plan: _Plan, path: str) -> None:
 
 
 def _count_staged(
-    spark: SparkSession, plans: Sequence[_Plan], cfg: IngestConfig, out: str
+    spark: SparkSession, plans: Sequence[_Plan], out: str
 ) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
     """{table: (rows_in / kept / rejected / filtered_out, rejected by reason)} of the staged rows
     and the rows of unused items counted on the way (call after the staging writes).
@@ -863,7 +864,7 @@ def run(spark: SparkSession, cfg: IngestConfig, out: str) -> dict[str, dict[str,
         _in_parallel(
             spark, [partial(_write_staging, spark, p, staging_path(out, p.name)) for p in by_size], workers
         )
-        staged_counts = _count_staged(spark, plans, cfg, out)
+        staged_counts = _count_staged(spark, plans, out)
         for p in plans:
             c, by_reason = staged_counts[p.name]
             log.info("ingest %s: %s; rejected by reason: %s", p.name, c, by_reason)
