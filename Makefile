@@ -58,10 +58,10 @@ SHARDS_OUT := $(DATA)/shards-$(PATIENTS)p-seed$(SEED)
 SHARDS_ARGS ?=
 
 shards: etl
-	$(PY) -m shards.write tables=$(ETL_OUT) out=$(SHARDS_OUT) $(SHARDS_ARGS)
+	$(PY) -m spark_jobs.write_shards tables=$(ETL_OUT) out=$(SHARDS_OUT) $(SHARDS_ARGS)
 
 verify-shards: setup
-	$(PY) -m shards.verify $(SHARDS_OUT) tables=$(ETL_OUT)
+	$(PY) -m spark_jobs.verify_shards $(SHARDS_OUT) tables=$(ETL_OUT)
 
 # --- trainer: a small run on the synthetic shards, e.g. `make train TRAIN_TASK=decomp NPROC=2`
 TRAIN_TASK ?= ihm
@@ -98,7 +98,7 @@ bench-models: setup
 
 # generator -> ETL -> shards (verified) -> a unimodal run -> unimodal vs MedFuse
 demo: shards
-	$(PY) -m shards.verify $(SHARDS_OUT) tables=$(ETL_OUT)
+	$(PY) -m spark_jobs.verify_shards $(SHARDS_OUT) tables=$(ETL_OUT)
 	$(TRAIN_CMD)
 	$(COMPARE_CMD)
 	@echo

@@ -4,7 +4,7 @@
         [--samples 512] [--batch-size 16] [--workers 1] [--note "measured under load"] [--no-write]
 
 Measures, on this machine in one run:
-- write: ``shards.write`` of one task from the gold tables (samples/s, MB/s of shard bytes);
+- write: ``spark_jobs.write_shards`` of one task from the gold tables (samples/s, MB/s of shard bytes);
 - read, train transforms (decode + SPEC §10 augmentation + normalize + collate), samples/s:
   the WebDataset reader, the DALI CPU reader, and the baseline that loads each sample's JPEG from
   the raw CXR tree and resizes it every step (the reference implementation's way), with the EHR
@@ -35,24 +35,24 @@ log = logging.getLogger("medmod.bench.shards")
 
 
 def bench_write(tables: str, cxr: str, task: str, out: str) -> dict:
-    from shards import spark_write
+    from spark_jobs import write_shards
     from spark_jobs.session import SparkConfig, build_spark
 
-    cfg = spark_write.ShardWriterConfig(
+    cfg = write_shards.ShardWriterConfig(
         tables=tables, out=out, cxr=cxr, task=task, spark=SparkConfig(master="local[2]", shuffle_partitions=4)
     )
     spark = build_spark(cfg.spark)
     start = time.perf_counter()
-    manifest = spark_write.run(cfg, spark)
+    manifest = write_shards.run(cfg, spark)
     seconds = time.perf_counter() - start
     splits = manifest["tasks"][task]["splits"].values()
     n = sum(e["samples"] for e in splits)
     size = sum(s["size"] for e in splits for s in e["shards"])
-    gold = spark_write.read_delta(spark, f"{tables}/gold/samples_{task}").where("split = 'train'")
+    gold = write_shards.read_delta(spark, f"{tables}/gold/samples_{task}").where("split = 'train'")
     cxr_root = manifest["sources"]["cxr"]
     paths = {
         r["dicom_id"]: r["path"]
-        for r in spark_write.read_delta(spark, f"{tables}/silver/cxr")
+        for r in write_shards.read_delta(spark, f"{tables}/silver/cxr")
         .join(gold.select("dicom_id"), "dicom_id")
         .collect()
     }

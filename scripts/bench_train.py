@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from conf.tasks import TASK_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_train")
 
@@ -35,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shards", help="shard set root (default: a tiny generated one)")
     p.add_argument("--records", type=int, default=96, help="records per split of the tiny shard set")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--tasks", nargs="+", default=["ihm", "pheno", "decomp", "los", "radiology"])
+    p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
     p.add_argument("--models", nargs="+", default=["uni_ehr", "uni_cxr"])
     p.add_argument("--procs", nargs="+", type=int, default=[1, 2])
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per run (uni_ehr)")

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from conf.tasks import task_spec
 from shards.manifest import read_manifest
 from shards.reader import (
     ReaderConfig,
@@ -33,7 +34,6 @@ from shards.reader import (
     expand_hourly,
     rank_shards,
 )
-from shards.record import HOURLY_TASKS
 from shards.store import join
 from shards.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -41,7 +41,7 @@ Device = Literal["cpu", "mixed"]
 
 
 def _exts(task: str) -> list[str]:
-    hourly = ["hours.npy", "bins.npy"] if task in HOURLY_TASKS else []
+    hourly = ["hours.npy", "bins.npy"] if task_spec(task).hourly else []
     return ["ehr.npy", "cxr.jpg", "y.npy", *hourly, "meta.json"]
 
 
@@ -169,7 +169,7 @@ def _sample(task: str, arrays: list[np.ndarray], normalizer: dict) -> dict[str, 
     """DALI outputs of one record -> the same dict as the WebDataset reader's decoder."""
     *npys, meta_bytes, image = arrays
     rec: dict[str, Any] = {"ehr": npys[0], "y": npys[1], "meta": json.loads(meta_bytes.tobytes())}
-    if task in HOURLY_TASKS:
+    if task_spec(task).hourly:
         rec["hours"], rec["bins"] = npys[2], npys[3]
     img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     return build_sample(task, rec, img, normalizer)

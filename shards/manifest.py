@@ -23,7 +23,8 @@ from typing import Any
 
 import fsspec
 
-from shards.record import HOURLY_TASKS, MULTICLASS_TASKS, N_FEATURES
+from conf.tasks import task_spec
+from shards.record import N_FEATURES
 from shards.store import ShardInfo, commit_bytes, join
 
 FORMAT_VERSION = 1
@@ -46,7 +47,7 @@ def split_entry(shards: Sequence[ShardInfo], task: str, dropped_samples: int = 0
         "with_image": sum(s.with_image for s in shards),
         "dropped_samples": dropped_samples,
         "prevalence": [v / samples if samples else 0.0 for v in sums],
-        "prevalence_kind": "bucket_frequency" if task in MULTICLASS_TASKS else "label_mean",
+        "prevalence_kind": "bucket_frequency" if task_spec(task).is_multiclass else "label_mean",
         "shards": [s.to_json() for s in shards],
     }
 
@@ -76,7 +77,7 @@ def build_manifest(
         if task not in normalizers:
             raise ValueError(f"no normalizer for task {task!r}")
         out_tasks[task] = {
-            "hourly": task in HOURLY_TASKS,
+            "hourly": task_spec(task).hourly,
             "paired": bool((paired or {}).get(task, True)),
             "normalizer": normalizers[task],
             "splits": {split: tasks[task][split] for split in sorted(tasks[task])},

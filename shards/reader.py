@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from conf.tasks import HOURLY_TASKS, task_spec
 from shards.manifest import eval_assignment, read_manifest, split_info
-from shards.record import HOURLY_TASKS, MULTICLASS_TASKS, N_FEATURES, decode_record
+from shards.record import N_FEATURES, decode_record
 from shards.store import join
 from shards.transforms import ImageTransform, ImageTransformConfig, blank_image
 
@@ -107,7 +108,7 @@ def build_sample(task: str, rec: dict[str, Any], image: torch.Tensor, normalizer
     the FORMAT.md sample (stay-level) or segment (hourly, with ``hours``/``bins``). Shared by the
     WebDataset and DALI readers so that both give the same dict."""
     meta, y = rec["meta"], rec["y"]
-    multiclass = task in MULTICLASS_TASKS
+    multiclass = task_spec(task).is_multiclass
     out: dict[str, Any] = {
         "ehr": normalize_ehr(rec["ehr"], normalizer),
         "image": image,
@@ -322,7 +323,7 @@ def shard_dataset(
     task_info = manifest["tasks"].get(cfg.task)
     if task_info is None:
         raise ValueError(f"task {cfg.task!r} not in the shard set at {root}")
-    if cfg.mode == "sequence" and cfg.task not in HOURLY_TASKS:
+    if cfg.mode == "sequence" and not task_spec(cfg.task).hourly:
         raise ValueError(f"sequence mode is for hourly tasks {HOURLY_TASKS}, not {cfg.task!r}")
     handler = log_and_continue if cfg.is_train else reraise
     urls = [join(root, name) for name in rank_shards(manifest, cfg, rank, world_size)]
@@ -339,7 +340,7 @@ def shard_dataset(
             wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), rng=random.Random(seed))
         )
     stages.append(wds.map(decoder, handler=handler))
-    if cfg.mode == "sample" and cfg.task in HOURLY_TASKS:
+    if cfg.mode == "sample" and task_spec(cfg.task).hourly:
         stages.append(_expand)
         if cfg.is_train:
             stages.append(wds.shuffle(cfg.shuffle_buffer, rng=random.Random(seed + 1)))

@@ -17,9 +17,6 @@ from typing import Any
 import numpy as np
 
 N_FEATURES = 76
-HOURLY_TASKS = ("decomp", "los")  # one record per stay segment
-MULTICLASS_TASKS = ("los",)  # y is an int64 bucket, not float labels
-TASKS = ("ihm", "pheno", "decomp", "los", "radiology")
 COMPONENTS = ("ehr.npy", "cxr.jpg", "y.npy", "hours.npy", "bins.npy", "meta.json")  # order in the tar
 JPEG_QUALITY = 95
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import fsspec
 
-from shards.record import MULTICLASS_TASKS, Record, encode_record
+from conf.tasks import task_spec
+from shards.record import Record, encode_record
 
 log = logging.getLogger("medmod.shards")
 IDX_VERSION = "v1.2"  # DALI's wds2idx format: "v1.2 <n>" then one line per sample
@@ -80,13 +81,17 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def label_counts(rec: Record, task: str, n_classes: int = 10) -> list[float]:
+def label_counts(rec: Record, task: str) -> list[float]:
     """Per-label sums over the record's samples (LOS: bucket histogram) for the prevalence."""
     import numpy as np
 
     y = np.asarray(rec.y)
-    if task in MULTICLASS_TASKS:
-        return np.bincount(y.reshape(-1).astype(np.int64), minlength=n_classes).astype(float).tolist()
+    if task_spec(task).is_multiclass:
+        return (
+            np.bincount(y.reshape(-1).astype(np.int64), minlength=task_spec(task).num_classes)
+            .astype(float)
+            .tolist()
+        )
     return y.reshape(rec.n_samples, -1).astype(np.float64).sum(axis=0).tolist()
 
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shards.record import HOURLY_TASKS, MULTICLASS_TASKS, N_FEATURES, Record, encode_image, tar_key
+from conf.tasks import task_spec
+from shards.record import N_FEATURES, Record, encode_image, tar_key
 from shards.write import identity_normalizer, write_dataset
 
-LABELS = {"ihm": 1, "pheno": 25, "decomp": 1, "los": 1, "radiology": 14}
 SPLITS = ("train", "val", "test")
 
 
@@ -41,27 +41,29 @@ def tiny_record(task: str, split: str, i: int, rng: np.random.Generator, image_s
         "split": split,
         "dicom_id": f"d{stay}" if image else None,
     }
-    if task in HOURLY_TASKS:
+    if task_spec(task).hourly:
         k = int(rng.integers(1, 5))
         hours = np.arange(5, 5 + k, dtype=np.float32)
         bins = hours.astype(np.int32)
         ehr = rng.normal(size=(int(bins.max()), N_FEATURES)).astype(np.float32)
-        if task in MULTICLASS_TASKS:
+        if task_spec(task).is_multiclass:
             y = rng.integers(0, 10, size=k).astype(np.int64)
             meta["los_remaining_hours"] = [float(30 - h) for h in hours]
         else:
             y = rng.integers(0, 2, size=(k, 1)).astype(np.float32)
         meta["sample_ids"] = [f"{task}:{stay}:{int(h)}" for h in hours]
         return Record(tar_key(i, f"{task}_{stay}"), ehr, y, meta, image, hours, bins)
-    t = int(rng.integers(0 if task == "radiology" else 1, 12))
+    t = int(rng.integers(0 if task_spec(task).window == "image_time" else 1, 12))
     ehr = rng.normal(size=(t, N_FEATURES)).astype(np.float32)
-    y = rng.integers(0, 2, size=LABELS[task]).astype(np.float32)
+    y = rng.integers(0, 2, size=task_spec(task).label_width).astype(np.float32)
     meta["sample_id"] = f"{task}:{stay}:{t}"
     return Record(tar_key(i, meta["sample_id"]), ehr, y, meta, image)
 
 
 def tiny_records(task: str, split: str, n: int, seed: int = 0, image_size: int = 64) -> list[Record]:
-    rng = np.random.default_rng([seed, LABELS[task], SPLITS.index(split) if split in SPLITS else 9])
+    rng = np.random.default_rng(
+        [seed, task_spec(task).label_width, SPLITS.index(split) if split in SPLITS else 9]
+    )
     return [tiny_record(task, split, i, rng, image_size) for i in range(n)]
 
 

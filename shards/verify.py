@@ -1,14 +1,12 @@
-"""Check a shard set against its manifest and (optionally) against the gold Delta tables.
+"""Check a shard set against its manifest (files only, no Spark).
 
-    python -m shards.verify PATH                 # manifest vs files, and vs the gold tables it names
-    python -m shards.verify PATH tables=PATH     # gold tables somewhere else
-    python -m shards.verify PATH tables=none     # files only (no Spark)
+    python -m shards.verify PATH
 
 Checks: every listed shard and index exists with the listed size and sha256; each index equals
 the one rebuilt from its tar; record/sample/image counts per shard and per split add up; no
-sample id appears twice; and every gold sample of each task/split is in the shards exactly once,
-except those dropped for a bad image (counted in the manifest). Exit 0 when all hold, 1 with one
-line per problem otherwise, 2 for a bad command line.
+sample id appears twice. Exit 0 when all hold, 1 with one line per problem otherwise, 2 for a bad
+command line. ``python -m spark_jobs.verify_shards PATH`` runs these checks and also compares the
+shards with the gold Delta tables (every gold sample exactly once).
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ from typing import Any
 
 import fsspec
 
+from conf.tasks import task_spec
 from shards.manifest import ManifestError, read_manifest
-from shards.record import HOURLY_TASKS
 from shards.store import IDX_VERSION, join, sha256_url
 
 log = logging.getLogger("medmod.shards.verify")
@@ -98,7 +96,7 @@ def check_files(root: str, manifest: dict[str, Any]) -> tuple[list[str], dict[tu
         for split, entry in sorted(info["splits"].items()):
             ids: list[str] = []
             for shard in entry["shards"]:
-                p, sids = check_shard(root, shard, task in HOURLY_TASKS)
+                p, sids = check_shard(root, shard, task_spec(task).hourly)
                 problems += p
                 ids += sids
             found[(task, split)] = ids
@@ -114,73 +112,31 @@ def check_files(root: str, manifest: dict[str, Any]) -> tuple[list[str], dict[tu
     return problems, found
 
 
-def check_gold(
-    spark, tables: str, manifest: dict[str, Any], found: dict[tuple[str, str], list[str]]
-) -> list[str]:
-    """Every gold sample in the shards exactly once (dropped for a bad image: counted)."""
-    from pyspark.sql import functions as F
-
-    from shards.spark_write import read_delta, spark_path
-
-    problems: list[str] = []
-    bad_images = set(manifest.get("image_errors", {}))
-    for task, info in sorted(manifest["tasks"].items()):
-        gold = read_delta(spark, spark_path(join(tables, "gold", f"samples_{task}"))).select(
-            "sample_id", "split", "dicom_id"
-        )
-        shard_ids = spark.createDataFrame(
-            [(sid, split) for (t, split), ids in found.items() if t == task for sid in ids],
-            "sample_id string, split string",
-        )
-        missing = gold.join(shard_ids, ["sample_id", "split"], "left_anti")
-        extra = shard_ids.join(gold, ["sample_id", "split"], "left_anti")
-        lost = (
-            missing.where(~F.col("dicom_id").isin(list(bad_images)) | F.col("dicom_id").isNull())
-            if bad_images
-            else missing
-        )
-        dropped = missing.groupBy("split").count().collect()
-        for row in dropped:
-            listed = (
-                info["splits"].get(row["split"], {}).get("dropped_samples", 0) if info.get("paired") else 0
-            )
-            n_lost = lost.where(F.col("split") == row["split"]).count()
-            if n_lost or row["count"] != listed:
-                example = [
-                    r["sample_id"]
-                    for r in lost.where(F.col("split") == row["split"]).limit(MAX_LISTED).collect()
-                ]
-                problems.append(
-                    f"{task}/{row['split']}: {row['count']} gold samples not in the shards "
-                    f"(manifest drops {listed} for bad images); e.g. {example}"
-                )
-        n_extra = extra.count()
-        if n_extra:
-            example = [r["sample_id"] for r in extra.limit(MAX_LISTED).collect()]
-            problems.append(f"{task}: {n_extra} shard samples not in gold samples_{task}, e.g. {example}")
-        gold_splits = {r["split"] for r in gold.select("split").distinct().collect()}
-        for split in sorted(gold_splits - set(info["splits"])):
-            problems.append(f"{task}/{split}: in the gold table but not in the manifest")
-    return problems
-
-
-def verify(root: str, tables: str | None = None, spark=None) -> list[str]:
-    """All problems found (empty: the shard set is complete and intact)."""
+def inspect(root: str) -> tuple[list[str], dict[str, Any] | None, dict[tuple[str, str], list[str]]]:
+    """(problems, manifest, sample ids found per (task, split)); no problems: complete and intact."""
     try:
         manifest = read_manifest(root)
     except ManifestError as err:
-        return [str(err)]
+        return [str(err)], None, {}
     problems, found = check_files(root, manifest)
-    tables = manifest.get("sources", {}).get("tables") if tables is None else tables
-    if tables and tables != "none":
-        if spark is None:
-            from spark_jobs.session import SparkConfig, build_spark
+    return problems, manifest, found
 
-            spark = build_spark(
-                SparkConfig(master="local[2]", app_name="shards-verify", shuffle_partitions=4)
-            )
-        problems += check_gold(spark, tables, manifest, found)
-    return problems
+
+def verify(root: str) -> list[str]:
+    """All problems found (empty: the shard set is complete and intact)."""
+    return inspect(root)[0]
+
+
+def report(root: str, problems: list[str], manifest: dict[str, Any] | None, tool: str) -> int:
+    """Print the outcome of a check as the commands do; returns the exit status."""
+    if problems or manifest is None:
+        print(f"{tool}: {root}: {len(problems)} problem(s)", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    n = sum(e["samples"] for t in manifest["tasks"].values() for e in t["splits"].values())
+    print(f"{tool}: {root}: OK ({len(manifest['tasks'])} tasks, {n:,} samples)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,23 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if args else 2
-    root, rest = args[0], args[1:]
-    tables = None
-    for word in rest:
-        if not word.startswith("tables="):
-            print(f"error: unknown argument {word!r} (expected tables=PATH|none)", file=sys.stderr)
-            return 2
-        tables = word.split("=", 1)[1]
-    problems = verify(root, tables)
-    if problems:
-        print(f"shards.verify: {root}: {len(problems)} problem(s)", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 1
-    manifest = read_manifest(root)
-    n = sum(e["samples"] for t in manifest["tasks"].values() for e in t["splits"].values())
-    print(f"shards.verify: {root}: OK ({len(manifest['tasks'])} tasks, {n:,} samples)")
-    return 0
+    if len(args) > 1:
+        print(
+            f"error: unknown argument(s) {args[1:]}: shards.verify checks files only; for the check "
+            "against the gold tables run python -m spark_jobs.verify_shards PATH [tables=PATH]",
+            file=sys.stderr,
+        )
+        return 2
+    problems, manifest, _ = inspect(args[0])
+    return report(args[0], problems, manifest, "shards.verify")
 
 
 if __name__ == "__main__":

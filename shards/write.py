@@ -1,21 +1,18 @@
-"""Write shard sets: a small pure-Python API, and the Spark job over the gold Delta tables.
+"""Write shard sets from records: a small pure-Python API (no Spark).
 
-    python -m shards.write tables=PATH out=PATH|s3://... [cxr=PATH] [task=ihm] [image_size=256]
-    scripts/submit.sh --master spark://HOST:7077 shards.write tables=... out=...
-
-Pure-Python API (no Spark; stable, used by other packages' tests to build tiny shard sets)::
+Stable, used by other packages' tests to build tiny shard sets::
 
     from shards.write import Record, encode_image, write_shard_files, write_dataset
     infos = write_shard_files(records, "/tmp/ds", task="ihm", split="train", records_per_shard=4)
     write_dataset("/tmp/ds", {("ihm", "train"): records}, normalizers={"ihm": norm})
 
 ``write_dataset`` writes the shards of every (task, split) and then ``manifest.json`` (the commit
-point). The Spark job (:mod:`shards.spark_write`) writes the same files from the Delta tables.
+point). The Spark job ``python -m spark_jobs.write_shards`` writes the same files from the gold
+Delta tables.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 
@@ -90,13 +87,3 @@ def write_dataset(
     manifest = build_manifest(entries, normalizers, image_size=image_size, paired=paired, sources=sources)
     write_manifest(root, manifest)
     return manifest
-
-
-def main(argv: list[str] | None = None) -> int:
-    from shards.spark_write import main as spark_main
-
-    return spark_main(sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from conf.tasks import CHEXPERT_LABELS  # the 14 label columns of the chexpert table, in file order
+
 Column = tuple[str, str]
 
 
@@ -163,23 +165,6 @@ def mimic_iv_tables(layout: str) -> dict[str, RawTable]:
     ]
     return {t.name: t for t in tables}
 
-
-CHEXPERT_LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
 
 CXR_TABLES = {
     "metadata": RawTable(

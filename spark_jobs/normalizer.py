@@ -13,7 +13,8 @@ Which rows count — the choice SPEC leaves open, made so that every training bi
   sample's window separately would weigh the first hours of a long stay once per later hour
   (hundreds of times); one prefix per stay is also exactly what the segment shards feed the model.
 - ``radiology``: windows end at image times, so their last bin is not a whole-stay bin; the rows
-  are those of each training stay's longest window (its latest image), from ``discretize_windows``.
+  are those of each training stay's longest window (its latest image), from gold
+  ``windows_radiology`` (the tasks stage discretizes every sample's window once).
 
 Only the ``samples`` given are used, so paired and partial mode each get their own statistics.
 """
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from conf.tasks import task_spec
 from spark_jobs.timeseries import continuous_indices
 
 if TYPE_CHECKING:
@@ -49,8 +51,7 @@ def stay_prefix_rows(samples: DataFrame, timeseries: DataFrame, split: str = "tr
 
 def latest_samples(samples: DataFrame, split: str = "train") -> DataFrame:
     """``sample_id, stay_id, hour`` of each ``split`` stay's latest sample (ties: the largest
-    sample_id). Discretize only these windows for the radiology normalizer: the others are not
-    counted, and Spark cannot push the choice below the discretization by itself."""
+    sample_id)."""
     from pyspark.sql import functions as F
 
     return (
@@ -96,12 +97,10 @@ def normalizer_stats(rows: DataFrame, cfg: NormalizerConfig | None = None) -> Da
     )
 
 
-_ROWS: dict[str, Callable[[DataFrame, DataFrame, str], DataFrame]] = {
-    "ihm": stay_prefix_rows,
-    "pheno": stay_prefix_rows,
-    "decomp": stay_prefix_rows,
-    "los": stay_prefix_rows,
-    "radiology": latest_window_rows,
+# Keyed by ``TaskSpec.normalizer`` (conf.tasks).
+ROWS: dict[str, Callable[[DataFrame, DataFrame, str], DataFrame]] = {
+    "stay_prefix": stay_prefix_rows,
+    "latest_window": latest_window_rows,
 }
 
 
@@ -110,10 +109,9 @@ def build_normalizer(
 ) -> DataFrame:
     """Gold ``normalizer_<task>`` from ``samples_<task>`` and the matching discretized rows.
 
-    ``timeseries``: silver ``timeseries`` (``stay_id, bin, x``) for every task but radiology, whose
-    rows come from ``discretize_windows`` over its samples (``sample_id, bin, x``).
+    ``timeseries``: silver ``timeseries`` (``stay_id, bin, x``), or for a task with per-sample
+    windows its gold ``windows_<task>`` (``sample_id, bin, x``).
     """
-    if task not in _ROWS:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(_ROWS)}")
     cfg = cfg or NormalizerConfig()
-    return normalizer_stats(_ROWS[task](samples, timeseries, cfg.split), cfg)
+    rows = ROWS[task_spec(task).normalizer]
+    return normalizer_stats(rows(samples, timeseries, cfg.split), cfg)

@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from conf import typed
+from conf.tasks import TASK_NAMES, task_spec, unknown_tasks
 from spark_jobs import delta_io, ingest, resources
 from spark_jobs.cohort import CohortConfig, build_stays
 from spark_jobs.cxr import build_cxr
 from spark_jobs.events import EventsConfig, build_events
-from spark_jobs.normalizer import NormalizerConfig, build_normalizer, latest_samples
+from spark_jobs.normalizer import NormalizerConfig, build_normalizer
 from spark_jobs.quality import Checked
 from spark_jobs.session import SparkConfig, build_spark
-from spark_jobs.tasks import TASKS, TasksConfig, build_samples, first_event_hours, radiology_windows
+from spark_jobs.tasks import TasksConfig, build_samples, first_event_hours, sample_windows
 from spark_jobs.timeseries import check_events, discretize, discretize_windows
 
 log = logging.getLogger("medmod.etl")
@@ -55,7 +56,7 @@ class PipelineConfig:
     out: str = "data/etl"
     layout: str = "auto"
     stages: list[str] = field(default_factory=lambda: list(STAGES))
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestTuning = field(default_factory=IngestTuning)
     cohort: CohortConfig = field(default_factory=CohortConfig)
@@ -67,9 +68,9 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise typed.ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
-        bad_tasks = [t for t in self.tasks if t not in TASKS]
+        bad_tasks = unknown_tasks(self.tasks)
         if bad_tasks:
-            raise typed.ConfigError(f"unknown task(s) {bad_tasks}; tasks are {list(TASKS)}")
+            raise typed.ConfigError(f"unknown task(s) {bad_tasks}; tasks are {list(TASK_NAMES)}")
         self.cxr = self.cxr or self.raw
 
 
@@ -243,22 +244,28 @@ class Pipeline:
                 checked.rejected if rejected_all is None else rejected_all.unionByName(checked.rejected)
             )
             self.report(StageReport("tasks", f"samples_{task}", n_stays, kept))
+            if task_spec(task).windowed:
+                self.windows(task, events)
         if rejected_all is not None:
             by_stage = self.quarantine("tasks", "gold", rejected_all, self.cfg.samples)
             for rep in self.reports:
                 if rep.stage == "tasks":
                     rep.rejected = by_stage.get("tasks." + rep.table.removeprefix("samples_"), {})
 
+    def windows(self, task: str, events) -> None:
+        """Gold ``windows_<task>``: the EHR matrix of every sample whose window ends between two
+        bins (radiology: at the image time), discretized once here for the normalizer and the
+        shards, which read it instead of discretizing again."""
+        samples = self.read("gold", f"samples_{task}")
+        rows = discretize_windows(events, sample_windows(samples), self.cfg.samples.timeseries())
+        n = self.write("tasks", "gold", f"windows_{task}", rows, self.cfg.samples)
+        self.report(StageReport("tasks", f"windows_{task}", n, n))
+
     def normalizer(self) -> None:
         timeseries = self.read("silver", "timeseries")
         for task in self.cfg.tasks:
             samples = self.read("gold", f"samples_{task}")
-            rows = timeseries
-            if task == "radiology":
-                latest = latest_samples(samples, self.cfg.normalizer.split)
-                rows = discretize_windows(
-                    self.read("silver", "events"), radiology_windows(latest), self.cfg.samples.timeseries()
-                )
+            rows = self.read("gold", f"windows_{task}") if task_spec(task).windowed else timeseries
             stats = build_normalizer(task, samples, rows, self.cfg.normalizer)
             n = self.write("normalizer", "gold", f"normalizer_{task}", stats, self.cfg.normalizer)
             self.report(StageReport("normalizer", f"normalizer_{task}", n, n))

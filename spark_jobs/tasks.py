@@ -30,13 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from conf.tasks import task_spec
 from spark_jobs.quality import Checked, split_by
 from spark_jobs.timeseries import EPS, TimeseriesConfig, check_events, n_bins_col
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-TASKS = ("ihm", "pheno", "decomp", "los", "radiology")
 LOS_BUCKET_EDGES_DAYS = (1, 2, 3, 4, 5, 6, 7, 8, 14)  # buckets (-inf,1), [1,2) ... [8,14), [14,inf)
 SAMPLE_COLUMNS = (
     "sample_id",
@@ -169,9 +169,10 @@ def _finish(samples: DataFrame, task: str, cfg: TasksConfig, stay_rejects: DataF
     from pyspark.sql import functions as F
 
     has_image = F.col("dicom_id").isNotNull().cast("int")
+    # A sample per image is named by the image; a sample per hour by its hour.
     sample_id = (
         F.concat_ws(":", F.lit(task), F.col("stay_id").cast("string"), F.col("dicom_id"))
-        if task == "radiology"
+        if task_spec(task).window == "image_time"
         else F.concat_ws(":", F.lit(task), F.col("stay_id").cast("string"), _hour_text(F.col("hour")))
     )
     out = samples.select(
@@ -407,14 +408,16 @@ def radiology_samples(
     return _finish(samples, "radiology", cfg, checked.rejected)
 
 
-def radiology_windows(samples: DataFrame) -> DataFrame:
-    """``sample_id, stay_id, end_hours`` for ``timeseries.discretize_windows`` (EHR cut at the image)."""
+def sample_windows(samples: DataFrame) -> DataFrame:
+    """``sample_id, stay_id, end_hours`` for ``timeseries.discretize_windows``: each sample's EHR
+    window ends at its ``hour`` (radiology: the image time)."""
     from pyspark.sql import functions as F
 
     return samples.select("sample_id", "stay_id", F.col("hour").alias("end_hours"))
 
 
-_BUILDERS: dict[str, Callable[..., Checked]] = {
+# Keyed by ``TaskSpec.builder`` (conf.tasks).
+BUILDERS: dict[str, Callable[..., Checked]] = {
     "ihm": ihm_samples,
     "pheno": pheno_samples,
     "decomp": decomp_samples,
@@ -430,22 +433,5 @@ def build_samples(
 
     ``first_events`` is :func:`first_event_hours` (``stay_id, first_hour``); ``cxr`` silver cxr.
     """
-    if task not in _BUILDERS:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(_BUILDERS)}")
-    return _BUILDERS[task](stays, first_events, cxr, cfg or TasksConfig())
-
-
-def build_all(
-    stays: DataFrame,
-    events: DataFrame,
-    cxr: DataFrame,
-    cfg: TasksConfig | None = None,
-    tasks: tuple[str, ...] = TASKS,
-) -> dict[str, Checked]:
-    """Every task's samples from silver stays, events and cxr; first-event hours computed once.
-
-    The caller may persist ``first_event_hours`` itself and call :func:`build_samples` instead.
-    """
-    cfg = cfg or TasksConfig()
-    first = first_event_hours(events, stays, cfg)
-    return {task: build_samples(task, stays, first, cxr, cfg) for task in tasks}
+    builder = BUILDERS[task_spec(task).builder]
+    return builder(stays, first_events, cxr, cfg or TasksConfig())

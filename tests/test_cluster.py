@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conf.tasks import TASK_NAMES, task_spec
 from spark_jobs.synth_mimic import SynthConfig, generate
 from tests.cluster import HOST, REPO, SUBMIT, Bounded, run_bounded
 
@@ -25,8 +26,9 @@ ETL_PATIENTS, ETL_SEED = 40, 11
 ETL_SUBMIT_TIMEOUT_S = 660
 ETL_TABLES = {
     "silver": {"stays", "events", "cxr", "timeseries", "first_event", "quarantine"},
-    "gold": {f"samples_{t}" for t in ("ihm", "pheno", "decomp", "los", "radiology")}
-    | {f"normalizer_{t}" for t in ("ihm", "pheno", "decomp", "los", "radiology")}
+    "gold": {f"samples_{t}" for t in TASK_NAMES}
+    | {f"normalizer_{t}" for t in TASK_NAMES}
+    | {f"windows_{t}" for t in TASK_NAMES if task_spec(t).windowed}
     | {"quarantine"},
 }
 # Same spark-submit settings for every job here: the worker has 1 core and 1g.

@@ -86,7 +86,7 @@ def test_every_etl_preset_builds():
     "module, bad_exit, words",
     [
         ("spark_jobs.pipeline", 2, []),
-        ("shards.spark_write", 2, []),
+        ("spark_jobs.write_shards", 2, []),
         ("trainer.train", None, ["task=ihm", "model=uni_ehr"]),
     ],
 )

@@ -188,18 +188,18 @@ def test_verify_files_only_finds_each_kind_of_damage(tiny, tmp_path, capsys):
     from shards import verify
 
     root, manifest = tiny
-    assert verify.verify(str(root), tables="none") == []
-    assert verify.main([str(root), "tables=none"]) == 0
+    assert verify.verify(str(root)) == []
+    assert verify.main([str(root)]) == 0
     broken = tmp_path / "broken"
     tiny_dataset(str(broken), tasks=("ihm", "los", "decomp"), records=7, records_per_shard=2)
     (broken / "ihm" / "val" / ".tmp-deadbeef-ihm-val-000009.tar").write_bytes(b"half")  # ignored
     shards = manifest["tasks"]["los"]["splits"]["train"]["shards"]
     (broken / shards[0]["name"]).write_bytes((broken / shards[0]["name"]).read_bytes()[:-2048])
     (broken / shards[1]["index"]).unlink()
-    problems = verify.verify(str(broken), tables="none")
+    problems = verify.verify(str(broken))
     assert any(shards[0]["name"] in p and "sha256" in p for p in problems)
     assert any(shards[1]["index"] in p and "missing" in p for p in problems)
     assert any(shards[0]["name"] in p and "size" in p for p in problems)
     assert len(problems) == 3, problems
-    assert verify.main([str(broken), "tables=none"]) == 1
+    assert verify.main([str(broken)]) == 1
     assert "3 problem(s)" in capsys.readouterr().err

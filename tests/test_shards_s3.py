@@ -38,7 +38,7 @@ def test_write_then_stream_from_s3_equals_local(s3, tmp_path):
         a = [s["sample_id"] for s in shard_dataset(url, cfg)]
         b = [s["sample_id"] for s in shard_dataset(str(tmp_path), cfg)]
         assert a == b and a
-    assert verify(url, tables="none") == []
+    assert verify(url) == []
 
 
 def test_read_while_the_bucket_is_listed_and_written(s3):

@@ -1,4 +1,4 @@
-"""shards.write on hand-made Delta tables: 3 stays, 5 images (one corrupt, one missing)."""
+"""spark_jobs.write_shards on hand-made Delta tables: 3 stays, 5 images (one corrupt, one missing)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards import spark_write, verify
 from shards.reader import ReaderConfig, shard_dataset
+from spark_jobs import verify_shards, write_shards
 
 SPLIT = {1: "train", 2: "val", 3: "test"}
 IMAGES = {"d1": 1, "d2": 2, "d3a": 3, "d3b": 3, "dmissing": 1}
@@ -91,10 +91,10 @@ def tiny_tables(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def written(spark, tiny_tables, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-shards") / "out"
-    cfg = spark_write.ShardWriterConfig(
+    cfg = write_shards.ShardWriterConfig(
         tables=tiny_tables, out=str(out), tasks=["ihm", "decomp"], min_shards=2, image_size=64
     )
-    return out, cfg, spark_write.run(cfg, spark)
+    return out, cfg, write_shards.run(cfg, spark)
 
 
 def test_manifest_counts_drops_and_image_errors(written):
@@ -129,4 +129,4 @@ def test_segments_hold_each_history_once_and_expand_to_the_rows(written):
 
 def test_verify_accepts_the_set_with_its_counted_drops(spark, written):
     out, cfg, _ = written
-    assert verify.verify(str(out), cfg.tables, spark=spark) == []
+    assert verify_shards.verify_with_tables(str(out), cfg.tables, spark=spark) == []

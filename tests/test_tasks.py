@@ -216,7 +216,7 @@ def test_radiology_one_sample_per_image_in_stay(results):
     assert c["sample_id"] == "radiology:3:c" and c["hour"] == 20.0 and c["n_bins"] == 20
     assert c["y"] == [1.0, 1.0, 0.0, 0.0] + [0.0] * 10  # -1 -> 1 under uncertain_as=1, blank -> 0
     assert s["b"]["n_bins"] == 0 and s["b"]["has_image"] == 1  # image at exactly intime: empty EHR
-    windows = T.radiology_windows(kept)
+    windows = T.sample_windows(kept)
     assert windows.columns == ["sample_id", "stay_id", "end_hours"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from conf import typed
-from trainer.tasks import TaskSpec, task_spec
+from conf.tasks import TASK_NAMES, TaskSpec, task_spec
 
 
 @dataclass
@@ -82,6 +82,10 @@ class RunConfig:
         task_spec(self.task)  # unknown task: a clear error now, not deep in the loop
         if self.data.batch_size < 1 or self.data.eval_batch_size < 1:
             raise typed.ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+        if not 0 < self.data.image_crop <= self.data.image_resize:
+            raise typed.ConfigError(
+                f"data.image_crop ({self.data.image_crop}) must be in 1..data.image_resize ({self.data.image_resize})"
+            )
 
     @property
     def spec(self) -> TaskSpec:
@@ -111,7 +115,7 @@ def load_run_config(words: list[str]) -> RunConfig:
         else:
             rest.append(word)
     if not chosen["task"]:
-        raise typed.ConfigError("task=<name> is required (ihm, pheno, decomp, los, radiology)")
+        raise typed.ConfigError(f"task=<name> is required ({', '.join(TASK_NAMES)})")
     layers = [typed.load_yaml(typed.preset_path("train", "default"))]
     layers += [typed.load_yaml(typed.preset_path(group, name)) for group, name in chosen.items() if name]
     return typed.load(RunConfig, *layers, overrides=rest)

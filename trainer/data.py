@@ -157,6 +157,28 @@ def _dali_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mod
 LOADERS = {"wds": _wds_loader, "dali": _dali_loader}
 
 
+def check_manifest(manifest: dict[str, Any], cfg: RunConfig) -> None:
+    """The shards' sizes against what this run reads: the EHR width the readers and models use,
+    and the stored image side against the resize (upscaling stored JPEGs would blur silently)."""
+    from shards.record import N_FEATURES
+
+    where = cfg.data.shards
+    n_features = manifest.get("n_features")
+    if n_features != N_FEATURES:
+        raise DataError(
+            f"{where}: shards hold {n_features} EHR features per bin, the trainer reads {N_FEATURES}"
+        )
+    stored = manifest.get("image_size")
+    if not isinstance(stored, int) or stored < 1:
+        raise DataError(f"{where}: manifest has no valid image_size ({stored!r})")
+    if cfg.data.image_resize > stored:
+        raise DataError(
+            f"{where}: images are stored with a short side of {stored} px, data.image_resize="
+            f"{cfg.data.image_resize} would upscale them; use data.image_resize<={stored} "
+            f"(and data.image_crop<=image_resize) or write the shards with image_size>={cfg.data.image_resize}"
+        )
+
+
 def build_data(cfg: RunConfig, ctx: DistContext) -> ShardData:
     """The run's data streams; fails early, with the reason, when the shards do not fit."""
     from shards.manifest import ManifestError, read_manifest
@@ -169,7 +191,8 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> ShardData:
         raise DataError(str(err)) from None
     if cfg.task not in manifest.get("tasks", {}):
         raise DataError(f"task {cfg.task!r} is not in {cfg.data.shards} (it has {sorted(manifest['tasks'])})")
-    mode = cfg.train.hourly_mode if cfg.spec.hourly else "sample"
+    check_manifest(manifest, cfg)
+    mode = cfg.spec.mode(cfg.train.hourly_mode)
     steps = steps_per_epoch(manifest, cfg, ctx.world_size, mode)
     loader = LOADERS[cfg.data.loader](cfg, ctx, manifest, mode)
     return ShardData(cfg, ctx, manifest, loader, mode, steps)

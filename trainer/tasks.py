@@ -1,13 +1,16 @@
-"""The five benchmark tasks as the trainer and the models see them (SPEC §7).
+"""The trainer's view of the tasks: the shared registry (``conf.tasks``) plus the LOS bucket means.
 
-One table instead of if/elif chains on task names: output width, loss kind, the metric that
-selects the best checkpoint, and whether the task is hourly (segments in the shards).
+The task facts (output width, loss kind, selection metric, hourly or not) live in ``conf.tasks``;
+this module adds what only the trainer's metrics need.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from conf.tasks import TASKS, TaskSpec, task_spec
 
+__all__ = ["LOS_BUCKET_MEAN_HOURS", "TASKS", "TaskSpec", "task_spec"]
+
+# Mean remaining stay (hours) of each LOS bucket, for the mean absolute deviation (SPEC §9).
 LOS_BUCKET_MEAN_HOURS = (
     11.450379,
     35.070846,
@@ -20,35 +23,3 @@ LOS_BUCKET_MEAN_HOURS = (
     254.306624,
     585.325890,
 )
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    num_outputs: int
-    kind: str  # "binary" | "multilabel" | "multiclass"
-    hourly: bool
-    selection_metric: str  # the val metric that picks the best checkpoint
-
-    @property
-    def is_multiclass(self) -> bool:
-        return self.kind == "multiclass"
-
-
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec("ihm", 1, "binary", hourly=False, selection_metric="auroc"),
-        TaskSpec("pheno", 25, "multilabel", hourly=False, selection_metric="auroc_macro"),
-        TaskSpec("decomp", 1, "binary", hourly=True, selection_metric="auroc"),
-        TaskSpec("los", 10, "multiclass", hourly=True, selection_metric="kappa"),
-        TaskSpec("radiology", 14, "multilabel", hourly=False, selection_metric="auroc_macro"),
-    )
-}
-
-
-def task_spec(name: str) -> TaskSpec:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None

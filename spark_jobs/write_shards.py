@@ -1,6 +1,10 @@
-"""The Spark job behind ``python -m shards.write``: gold Delta tables -> shards + manifest.
+"""Gold Delta tables -> WebDataset shards + manifest (the format lives in ``shards/``).
 
-    python -m shards.write tables=PATH out=PATH|s3://... [cxr=PATH] [task=ihm] [image_size=256]
+    python -m spark_jobs.write_shards tables=PATH out=PATH|s3://... [cxr=PATH] [task=ihm] [image_size=256]
+    scripts/submit.sh --master spark://HOST:7077 spark_jobs.write_shards tables=... out=...
+
+The job reads only gold tables (``samples_<task>``, ``normalizer_<task>``, ``windows_<task>``),
+silver ``timeseries`` / ``cxr`` and the CXR files: what the ETL wrote, never recomputed here.
 
 Plan (nothing big is collected to the driver: only per-split counts, normalizers, image errors
 and the per-shard summaries come back):
@@ -11,8 +15,8 @@ and the per-shard summaries come back):
 2. Records per task: one per sample (ihm, pheno, radiology) or one per stay segment (decomp, los:
    samples grouped by stay and paired image, so each segment stores its history once).
    In paired mode a record whose image is bad is dropped (counted), in partial mode kept without.
-3. EHR: each record's first ``n_bins`` rows of silver ``timeseries`` (radiology: the window cut
-   at the image time, discretized as the normalizer stage does), grouped per record.
+3. EHR: each record's first ``n_bins`` rows of silver ``timeseries`` (tasks whose window ends
+   between two bins, i.e. radiology: the rows of gold ``windows_<task>``), grouped per record.
 4. Shards: records numbered per split in a hash order of their id (deterministic, mixed stays),
    cut into contiguous shards; each Spark partition writes its shards (temp name, then move).
 5. ``manifest.json`` last; then files of an earlier run that the new manifest does not list go.
@@ -33,21 +37,13 @@ from typing import Any
 import numpy as np
 
 from conf import typed
+from conf.tasks import TASK_NAMES, task_spec, unknown_tasks
 from shards.manifest import MANIFEST, build_manifest, normalizer_entry, split_entry, write_manifest
-from shards.record import (
-    HOURLY_TASKS,
-    MULTICLASS_TASKS,
-    N_FEATURES,
-    TASKS,
-    ImageError,
-    Record,
-    encode_image,
-    tar_key,
-)
+from shards.record import N_FEATURES, ImageError, Record, encode_image, tar_key
 from shards.store import ShardInfo, fs_and_path, join, write_shard
 from spark_jobs.session import SparkConfig
 
-log = logging.getLogger("medmod.shards.write")
+log = logging.getLogger("medmod.write_shards")
 
 
 @dataclass
@@ -56,7 +52,7 @@ class ShardWriterConfig:
     out: str = "data/shards"
     cxr: str = ""  # MIMIC-CXR-JPG root (files/pXX/...); empty: where the ETL read its metadata
     task: str = ""  # one task; empty: every task of `tasks`
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
     image_size: int = 256
     records_per_shard: int = 2000
     min_shards: int = 8  # per (task, split), when there are that many records
@@ -66,9 +62,9 @@ class ShardWriterConfig:
     def __post_init__(self) -> None:
         if self.task:
             self.tasks = [self.task]
-        bad = [t for t in self.tasks if t not in TASKS]
+        bad = unknown_tasks(self.tasks)
         if bad:
-            raise typed.ConfigError(f"unknown task(s) {bad}; tasks are {list(TASKS)}")
+            raise typed.ConfigError(f"unknown task(s) {bad}; tasks are {list(TASK_NAMES)}")
         if self.image_size < 16:
             raise typed.ConfigError(f"image_size must be >= 16, got {self.image_size}")
         if self.records_per_shard < 1 or self.min_shards < 1:
@@ -190,7 +186,7 @@ def record_table(task: str, samples):
     """
     from pyspark.sql import functions as F
 
-    if task not in HOURLY_TASKS:
+    if not task_spec(task).hourly:
         return samples.select(
             F.col("sample_id").alias("rec_id"),
             "split",
@@ -226,18 +222,18 @@ def record_table(task: str, samples):
     )
 
 
-def ehr_rows(task: str, records, timeseries, events, ts_cfg):
-    """``rec_id, ehr`` (array of (bin, x) structs, sorted) for every record with bins."""
+def ehr_rows(task: str, records, timeseries, windows):
+    """``rec_id, ehr`` (array of (bin, x) structs, sorted) for every record with bins.
+
+    ``windows``: gold ``windows_<task>`` for a task with per-sample windows (a record is one
+    sample there), else None and the records' rows are cut from the whole-stay ``timeseries``.
+    """
     from pyspark.sql import functions as F
 
-    if task == "radiology":
-        from spark_jobs.tasks import radiology_windows
-        from spark_jobs.timeseries import discretize_windows
-
-        windows = radiology_windows(
-            records.select(F.col("rec_id").alias("sample_id"), "stay_id", F.col("hour"))
+    if task_spec(task).windowed:
+        rows = windows.join(records.select(F.col("rec_id").alias("sample_id")), "sample_id").select(
+            F.col("sample_id").alias("rec_id"), "bin", "x"
         )
-        rows = discretize_windows(events, windows, ts_cfg).withColumnRenamed("sample_id", "rec_id")
     else:
         rows = (
             timeseries.join(records.select("rec_id", "stay_id", "n"), "stay_id")
@@ -257,7 +253,8 @@ def _to_record(row: Any, index: int, task: str) -> Record:
             f"{n} bins (silver timeseries and gold samples are out of step: re-run the ETL)"
         )
     ehr = np.asarray([b["x"] for b in bins_x], dtype=np.float32).reshape(n, N_FEATURES)
-    multiclass = task in MULTICLASS_TASKS
+    spec = task_spec(task)
+    multiclass = spec.is_multiclass
     ys = np.asarray(row["ys"], dtype=np.float32)
     meta: dict[str, Any] = {
         "stay_id": int(row["stay_id"]),
@@ -265,7 +262,7 @@ def _to_record(row: Any, index: int, task: str) -> Record:
         "split": row["split"],
         "dicom_id": row["dicom_id"] if row["jpg"] is not None else None,
     }
-    if task in HOURLY_TASKS:
+    if spec.hourly:
         y = ys.reshape(len(ys)).astype(np.int64) if multiclass else ys.reshape(len(ys), -1)
         meta["sample_ids"] = list(row["sample_ids"])
         if multiclass:
@@ -327,15 +324,10 @@ class TaskResult:
     image_errors: dict[str, str]
 
 
-def write_task(
-    spark, cfg: ShardWriterConfig, task: str, samples, images, timeseries, events, ts_cfg, paired: bool
-):
+def write_task(spark, cfg: ShardWriterConfig, task: str, samples, images, timeseries, windows, paired: bool):
     from pyspark.sql import functions as F
 
-    recs = record_table(task, samples)
-    if task == "radiology":
-        recs = recs.join(samples.select(F.col("sample_id").alias("rec_id"), "hour"), "rec_id")
-    recs = recs.join(images, "dicom_id", "left")
+    recs = record_table(task, samples).join(images, "dicom_id", "left")
     bad = F.col("dicom_id").isNotNull() & (F.coalesce(F.col("image_status"), F.lit("missing")) != "ok")
     n_samples = F.size("sample_ids")
     dropped = {
@@ -352,7 +344,7 @@ def write_task(
         dropped = {}
     recs = recs.cache()
     plan, n_shards = shard_plan(recs, cfg)
-    ehr = ehr_rows(task, recs, timeseries, events, ts_cfg)
+    ehr = ehr_rows(task, recs, timeseries, windows)
     full = recs.join(plan, ["rec_id", "split"]).join(ehr, "rec_id", "left")
     n_parts = max(1, min(sum(n_shards.values()), spark.sparkContext.defaultParallelism * 4))
     written = (
@@ -402,8 +394,6 @@ def remove_stale(root: str, manifest: dict[str, Any]) -> int:
 
 def run(cfg: ShardWriterConfig, spark) -> dict[str, Any]:
     """Write every configured task's shards and the manifest; returns the manifest."""
-    from spark_jobs.timeseries import TimeseriesConfig
-
     start = time.time()
     versions: dict[str, int] = {}
 
@@ -418,19 +408,16 @@ def run(cfg: ShardWriterConfig, spark) -> dict[str, Any]:
         load("gold", f"normalizer_{t}")
     etl = commit_info(spark, table_path(cfg, "gold", f"samples_{cfg.tasks[0]}"))[1].get("config", {})
     paired = etl.get("paired", True) if cfg.paired is None else cfg.paired
-    ts_cfg = TimeseriesConfig(
-        timestep=float(etl.get("timestep", 1.0)), channels_path=etl.get("channels_path", "")
-    )
     root = cxr_root(cfg, spark)
     log.info("shards: tasks %s, CXR root %s, paired %s, out %s", cfg.tasks, root, paired, cfg.out)
     images = image_table(spark, list(samples.values()), load("silver", "cxr"), root, cfg.image_size).persist()
     timeseries = load("silver", "timeseries")
-    events = load("silver", "events") if "radiology" in cfg.tasks else None
+    windows = {t: load("gold", f"windows_{t}") for t in cfg.tasks if task_spec(t).windowed}
     results = {}
     for task in cfg.tasks:
         t0 = time.time()
         results[task] = write_task(
-            spark, cfg, task, samples[task], images, timeseries, events, ts_cfg, paired
+            spark, cfg, task, samples[task], images, timeseries, windows.get(task), paired
         )
         log.info(
             "shards: %s done in %.1fs: %s",
@@ -485,7 +472,7 @@ def main(argv: list[str]) -> int:
     except Exception as err:  # noqa: BLE001 - a Spark task error: its last line says what broke
         lines = [ln for ln in str(err).splitlines() if ln.strip()]
         detail = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else repr(err))
-        print(f"error: shards.write failed (no manifest written): {detail.strip()}", file=sys.stderr)
+        print(f"error: write_shards failed (no manifest written): {detail.strip()}", file=sys.stderr)
         return 1
     finally:
         spark.stop()
@@ -496,3 +483,7 @@ def main(argv: list[str]) -> int:
             )
     print(f"manifest: {join(cfg.out, MANIFEST)}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
