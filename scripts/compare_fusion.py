@@ -51,8 +51,8 @@ def train(task: str, model: str, args: argparse.Namespace) -> Path:
         words.append(f"model.runs_dir={args.runs}")
     if model_class(model).trainable:
         cmd = [sys.executable, str(REPO / "trainer" / "train.py"), *words, *args.extra]
-    else:  # late fusion: nothing to train, scored as built (trainer.evaluate writes metrics.json)
-        cmd = [sys.executable, "-m", "trainer.evaluate", *words, *args.extra, "split=val,test"]
+    else:  # late fusion: nothing to train, scored as built (trainer.rescore writes metrics.json)
+        cmd = [sys.executable, "-m", "trainer.rescore", *words, *args.extra, "split=val,test"]
     log.info("%s/%s: %s", task, model, " ".join(cmd[1:]))
     done = subprocess.run(cmd, cwd=REPO, check=False)
     if done.returncode != 0 or not metrics.is_file():

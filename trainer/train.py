@@ -11,7 +11,6 @@ Writes ``<runs_dir>/<task>/<model>/<seed>/``: ``config.yaml`` (resolved), ``metr
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import math
@@ -32,32 +31,23 @@ from torch.nn.parallel import DistributedDataParallel
 
 from conf import typed
 from trainer import checkpoint as ckpt
-from trainer import evaluate as ev
+from trainer import scoring
 from trainer.config import RunConfig, load_run_config
-from trainer.data import DataError, build_data
+from trainer.data import build_data
 from trainer.distributed import (
     DistContext,
     all_gather_object,
     any_rank,
     barrier,
     broadcast_object,
-    init_distributed,
     rng_state,
     seed_everything,
     set_rng_state,
-    setup_logging,
-    shutdown,
 )
+from trainer.runtime import EXIT_CONFIG, NonFiniteLoss, build_model, guarded, summary_line
 from trainer.tasks import TaskSpec
 
 log = logging.getLogger("medmod.trainer")
-
-EXIT_CONFIG, EXIT_NONFINITE, EXIT_DATA = 2, 3, 4
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN/inf: the run stops, the last good checkpoint stays as it was."""
-
 
 LOSSES: dict[str, type[nn.Module]] = {
     "binary": nn.BCEWithLogitsLoss,
@@ -68,16 +58,6 @@ LOSSES: dict[str, type[nn.Module]] = {
 
 def loss_for(spec: TaskSpec) -> nn.Module:
     return LOSSES[spec.kind]()
-
-
-def build_model(cfg: RunConfig) -> nn.Module:
-    from trainer.models import create_model, model_class
-
-    args = dict(cfg.model.args)
-    # Fusion models find their unimodal checkpoints under runs_dir: default it to this run's.
-    if "runs_dir" in {f.name for f in dataclasses.fields(model_class(cfg.model.name).config_class)}:
-        args.setdefault("runs_dir", cfg.train.runs_dir)
-    return create_model(cfg.model.name, args, cfg.spec, seed=cfg.train.seed)
 
 
 def model_config_dict(model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
@@ -106,18 +86,18 @@ def use_progress_bar(cfg: RunConfig, ctx: DistContext) -> bool:
 
 
 class Trainer:
-    """Owns the loop; delegates data to ``trainer.data``, scoring to ``trainer.evaluate`` and
+    """Owns the loop; delegates data to ``trainer.data``, scoring to ``trainer.scoring`` and
     files to ``trainer.checkpoint``. Model differences live in the model and loss objects."""
 
     def __init__(self, cfg: RunConfig, ctx: DistContext, model: nn.Module, data: Any):
         self.cfg, self.ctx, self.data, self.spec = cfg, ctx, data, cfg.spec
         self.mode = cfg.train.hourly_mode if self.spec.hourly else "sample"
-        ev.check_mode(model, self.mode)
+        scoring.check_mode(model, self.mode)
         if not getattr(model, "trainable", True) or not any(p.requires_grad for p in model.parameters()):
-            raise ValueError(f"model {cfg.model.name!r} has nothing to train; score it with trainer.evaluate")
+            raise ValueError(f"model {cfg.model.name!r} has nothing to train; score it with trainer.rescore")
         self.model = model.to(ctx.device)
         self.model_config = model_config_dict(model, cfg)
-        forward: nn.Module = ev.ModeForward(self.model, self.mode)
+        forward: nn.Module = scoring.ModeForward(self.model, self.mode)
         if cfg.train.compile:
             forward = torch.compile(forward)
         if ctx.distributed:
@@ -226,9 +206,9 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
         """One optimizer step; returns the loss and the number of samples (hourly: hours) scored."""
-        batch = ev.move(batch, self.ctx.device)
+        batch = scoring.move(batch, self.ctx.device)
         with self.autocast():
-            out = ev.rows(self.mode, self.forward(batch), batch)
+            out = scoring.rows(self.mode, self.forward(batch), batch)
             loss = self.loss_fn(out.logits.float(), out.y)
         if any_rank(not bool(torch.isfinite(loss.detach())), self.ctx):
             where = f"step {self.step + 1} (round {self.round})"
@@ -338,18 +318,18 @@ class Trainer:
         return tqdm(total=self.total_steps, initial=self.step, desc=f"{self.cfg.task}/{self.cfg.model.name}")
 
     # ---------------------------------------------------------------- evaluation
-    def predict(self, split: str, max_batches: int = 0) -> ev.Predictions | None:
+    def predict(self, split: str, max_batches: int = 0) -> scoring.Predictions | None:
         """Every sample of ``split`` scored once across ranks, gathered on rank 0."""
         batches = self.data.eval_iter(split, max_batches)
-        pred = ev.predict(self.model, batches, self.spec, self.mode, self.ctx.device, self.cfg.train.amp)
-        return ev.gather_predictions(pred, self.ctx)
+        pred = scoring.predict(self.model, batches, self.spec, self.mode, self.ctx.device, self.cfg.train.amp)
+        return scoring.gather_predictions(pred, self.ctx)
 
     def validate(self) -> float:
         window = self.cfg.train.val_steps if self.chunked else 0
         pred = self.predict("val", window)
         value = float("nan")
         if pred is not None:
-            scores = ev.score(self.spec, pred, bootstrap=0, seed=self.cfg.train.seed)["metrics"]
+            scores = scoring.score(self.spec, pred, bootstrap=0, seed=self.cfg.train.seed)["metrics"]
             value = scores[self.spec.selection_metric]["value"]
             entry = {"round": self.round, "step": self.step, **{k: v["value"] for k, v in scores.items()}}
             self.history.append(entry)
@@ -401,10 +381,10 @@ class Trainer:
             pred = self.predict(split)
             if pred is None:
                 continue
-            results[split] = ev.score(self.spec, pred, self.cfg.train.bootstrap, self.cfg.train.seed)
-            ev.write_predictions(pred, self.run_dir / filename)
+            results[split] = scoring.score(self.spec, pred, self.cfg.train.bootstrap, self.cfg.train.seed)
+            scoring.write_predictions(pred, self.run_dir / filename)
         if self.ctx.is_main:
-            ev.write_json(results, self.run_dir / "metrics.json")
+            scoring.write_json(results, self.run_dir / "metrics.json")
             if self.writer is not None:
                 self.writer.close()
             return results
@@ -416,21 +396,6 @@ def write_config(cfg: RunConfig, model_config: dict[str, Any], run_dir: Path) ->
     resolved = typed.to_dict(cfg)
     resolved["model"]["resolved"] = model_config
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-
-
-def _metric_text(name: str, m: dict[str, float]) -> str:
-    ci = f" [{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if "ci_low" in m else ""
-    return f"{name} {m['value']:.4f}{ci}"
-
-
-def summary_line(results: dict[str, Any]) -> str:
-    """One line per split: each metric with its 95% CI when bootstrapped, and the sample count."""
-    lines = []
-    for split in ("val", "test"):
-        if split in results:
-            metrics = "  ".join(_metric_text(k, v) for k, v in results[split]["metrics"].items())
-            lines.append(f"{split}: {metrics}  (n={results[split]['n_samples']})")
-    return "\n".join(lines)
 
 
 def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
@@ -451,103 +416,6 @@ def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
         )
     trainer.fit()
     return trainer.final()
-
-
-def _split_words(words: list[str]) -> tuple[str | None, str | None, list[str], list[str]]:
-    checkpoint, out_dir, splits, rest = None, None, ["test"], []
-    for word in words:
-        key, _, value = word.partition("=")
-        if key == "checkpoint":
-            checkpoint = value
-        elif key == "out":
-            out_dir = value
-        elif key == "split":
-            splits = [s for s in value.split(",") if s]
-        else:
-            rest.append(word)
-    return checkpoint, out_dir, splits, rest
-
-
-def score_model(
-    cfg: RunConfig, ctx: DistContext, model: nn.Module, splits: list[str], out_dir: Path | None
-) -> dict[str, Any] | None:
-    """Score ``model`` as it is on ``splits`` (no training): late fusion, or a saved checkpoint.
-
-    Predictions (and metrics.json) go to ``out_dir`` when given; rank 0 returns the metrics."""
-    data = build_data(cfg, ctx)
-    mode = cfg.train.hourly_mode if cfg.spec.hourly else "sample"
-    ev.check_mode(model, mode)
-    model = model.to(ctx.device)
-    results: dict[str, Any] = {"task": cfg.task, "model": cfg.model.name, "seed": cfg.train.seed}
-    for split in splits:
-        batches = data.eval_iter(split)
-        pred = ev.gather_predictions(
-            ev.predict(model, batches, cfg.spec, mode, ctx.device, cfg.train.amp), ctx
-        )
-        if pred is not None:
-            results[split] = ev.score(cfg.spec, pred, cfg.train.bootstrap, cfg.train.seed)
-            if out_dir is not None:
-                name = "predictions.parquet" if split == "test" else f"predictions_{split}.parquet"
-                ev.write_predictions(pred, out_dir / name)
-    if ctx.is_main and out_dir is not None:
-        ev.write_json(results, out_dir / "metrics.json")
-    return results if ctx.is_main else None
-
-
-def evaluate_checkpoint(words: list[str]) -> int:
-    """``checkpoint=PATH [split=val,test] [out=DIR]`` rescored (config from the checkpoint,
-    overridable, e.g. ``data.shards=``), or a model built from ``task=... model=...`` and scored as
-    it is into its run dir (models with nothing to train, e.g. late fusion)."""
-    checkpoint, out_dir, splits, rest = _split_words(words)
-    try:
-        if checkpoint:
-            state = ckpt.load(checkpoint, full=False)
-            base = state.get("config") or {}
-            cfg = typed.load(RunConfig, base, overrides=rest)
-        else:
-            cfg = load_run_config(rest)
-    except (typed.ConfigError, ckpt.CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    def body(ctx: DistContext) -> dict[str, Any] | None:
-        from trainer.models import create_model
-
-        if checkpoint:
-            model = create_model(state["model_name"], state["model_config"], cfg.spec, seed=cfg.train.seed)
-            model.load_state_dict(state["model"])
-        else:
-            model = build_model(cfg)
-        # A rescored checkpoint writes only where asked (out=DIR), never over its own run's files.
-        target = Path(out_dir) if out_dir else (None if checkpoint else cfg.run_dir())
-        return score_model(cfg, ctx, model, splits, target)
-
-    code, results = guarded(cfg, body)
-    if results is not None:
-        print(summary_line(results))
-    return code
-
-
-EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
-    (NonFiniteLoss, EXIT_NONFINITE),
-    (DataError, EXIT_DATA),
-    (typed.ConfigError, EXIT_CONFIG),
-    (ckpt.CheckpointError, EXIT_CONFIG),
-)
-
-
-def guarded(cfg: RunConfig, body: Any) -> tuple[int, Any]:
-    """Process group up, ``body(ctx)``, process group down; a known failure is logged as one line
-    and mapped to its exit status instead of a traceback."""
-    ctx = init_distributed(cfg.train.device)
-    setup_logging(ctx.rank)
-    try:
-        return 0, body(ctx)
-    except tuple(cls for cls, _ in EXIT_CODES) as err:
-        log.error("%s: %s", type(err).__name__, err)
-        return next(code for cls, code in EXIT_CODES if isinstance(err, cls)), None
-    finally:
-        shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
