@@ -173,10 +173,15 @@ class Checkpointer:
     resume. Files are written atomically by ``trainer.checkpoint``; every rank adds its RNG state.
     """
 
-    LAST, BEST = "last.pt", "best.pt"
+    FOLDER, LAST, BEST = "checkpoints", "last.pt", "best.pt"
 
-    def __init__(self, folder: Path, ctx: DistContext, resume: bool) -> None:
-        self.folder, self.ctx, self.resume = folder, ctx, resume
+    def __init__(self, run_dir: Path, ctx: DistContext, resume: bool) -> None:
+        self.folder, self.ctx, self.resume = run_dir / self.FOLDER, ctx, resume
+
+    @classmethod
+    def best_of(cls, run_dir: Path) -> Path:
+        """The best checkpoint of any run dir (fusion models start from unimodal runs' ones)."""
+        return run_dir / cls.FOLDER / cls.BEST
 
     @property
     def last(self) -> Path:

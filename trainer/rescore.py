@@ -86,10 +86,8 @@ def evaluate_checkpoint(words: list[str]) -> int:
         return EXIT_CONFIG
 
     def body(ctx: DistContext) -> dict[str, Any] | None:
-        from trainer.models import create_model
-
         if checkpoint:
-            model = create_model(state["model_name"], state["model_config"], cfg.spec, seed=cfg.train.seed)
+            model = build_model(cfg, state["model_name"], state["model_config"])
             model.load_state_dict(state["model"])
         else:
             model = build_model(cfg)

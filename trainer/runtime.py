@@ -8,15 +8,16 @@ of ``trainer/`` free of cycles (tests/test_layering.py checks it).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
 
 from conf import typed
 from trainer import checkpoint as ckpt
+from trainer.components import Checkpointer
 from trainer.config import RunConfig
 from trainer.data import DataError
 from trainer.distributed import DistContext, init_distributed, setup_logging, shutdown
@@ -40,15 +41,54 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
-def build_model(cfg: RunConfig) -> nn.Module:
-    """The model ``cfg`` names, with its typed config (YAML defaults + ``model.*`` words)."""
-    from trainer.models import create_model, model_class
+def run_checkpoint(runs_dir: str | Path, task: str, model: str, seed: int | None) -> Path:
+    """The best checkpoint a run of ``model`` on ``task`` writes (the layout of
+    ``RunConfig.run_dir`` and the Checkpointer); seed None: the only seed run there."""
+    root = Path(runs_dir) / task / model
+    if seed is None:
+        seeds = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if len(seeds) != 1:
+            from trainer.models import PretrainedError
 
-    args = dict(cfg.model.args)
-    # Fusion models find their unimodal checkpoints under runs_dir: default it to this run's.
-    if "runs_dir" in {f.name for f in dataclasses.fields(model_class(cfg.model.name).config_class)}:
-        args.setdefault("runs_dir", cfg.train.runs_dir)
-    return create_model(cfg.model.name, args, cfg.spec, seed=cfg.train.seed)
+            raise PretrainedError(
+                f"cannot pick a {model} checkpoint under {root}: seeds found {seeds}; "
+                "set model.pretrained_seed or give the file with model.ehr_ckpt / model.cxr_ckpt"
+            )
+        seed_dir = seeds[0]
+    else:
+        seed_dir = str(seed)
+    return Checkpointer.best_of(root / seed_dir)
+
+
+def find_pretrained(
+    name: str, model_cfg: Any, task: str, runs_dir: str | Path, seed: int | None
+) -> dict[str, Path]:
+    """Where the unimodal runs model ``name`` starts from are, for the inputs its config does not
+    give a file for: the run of the same seed in the same runs folder, unless the model config
+    says otherwise (``runs_dir``, ``pretrained_seed``, an input's task field)."""
+    from trainer.models import model_class
+
+    inputs = model_class(name).checkpoint_inputs(model_cfg)
+    if not inputs:
+        return {}
+    runs_dir = model_cfg.runs_dir or runs_dir
+    seed = model_cfg.pretrained_seed if model_cfg.pretrained_seed is not None else seed
+    return {
+        slot: run_checkpoint(runs_dir, need.source_task(model_cfg, task), need.model, seed)
+        for slot, need in inputs.items()
+        if need.explicit(model_cfg) is None
+    }
+
+
+def build_model(cfg: RunConfig, name: str | None = None, args: dict[str, Any] | None = None) -> nn.Module:
+    """The model ``cfg`` names (or ``name`` with ``args``, e.g. a checkpoint's own), handed the
+    checkpoint files it starts from."""
+    from trainer.models import create_model, model_config
+
+    name = name or cfg.model.name
+    model_cfg = model_config(name, dict(cfg.model.args if args is None else args))
+    paths = find_pretrained(name, model_cfg, cfg.task, cfg.train.runs_dir, cfg.train.seed)
+    return create_model(name, model_cfg, cfg.spec, checkpoints=paths)
 
 
 def guarded(cfg: RunConfig, body: Callable[[DistContext], T]) -> tuple[int, T | None]:

@@ -131,7 +131,7 @@ class Trainer:
         )
         self.early_stopping = EarlyStopping(cfg.train.patience)
         self.metrics = MetricsLogger(cfg.train, ctx, self.run_dir, self.unit, self.total_steps)
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ctx, cfg.train.resume)
+        self.checkpointer = Checkpointer(self.run_dir, ctx, cfg.train.resume)
 
     # ---------------------------------------------------------------- the algorithm
     def train(self) -> None:
