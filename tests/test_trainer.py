@@ -82,6 +82,17 @@ def test_config_layers_overrides_and_unknown_keys():
         load_run_config(["task=nope"])
 
 
+def test_rescore_command_answers_help_and_bad_config_also_under_its_old_name(capsys):
+    from trainer import evaluate
+
+    assert evaluate.main is rescore.main  # `python -m trainer.evaluate` still runs the command
+    assert rescore.main(["--help"]) == 0
+    assert rescore.__doc__.strip().splitlines()[0] in capsys.readouterr().out
+    assert rescore.main(["task=ihm", "model=uni_ehr", "no_such_key=1"]) == runtime.EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no_such_key" in err[0]
+
+
 def test_single_process_run_writes_consistent_outputs(shard_root, tmp_path):
     cfg = load_run_config(words(shard_root, tmp_path, "task=ihm", "train.epochs=2"))
     results = train.run(cfg, CPU)

@@ -73,6 +73,9 @@ def evaluate_checkpoint(words: list[str]) -> int:
     """``checkpoint=PATH [split=val,test] [out=DIR]`` rescored (config from the checkpoint,
     overridable, e.g. ``data.shards=``), or a model built from ``task=... model=...`` and scored as
     it is into its run dir (models with nothing to train, e.g. late fusion)."""
+    if any(w in ("-h", "--help") for w in words):
+        print(__doc__)
+        return 0
     checkpoint, out_dir, splits, rest = _split_words(words)
     try:
         if checkpoint:

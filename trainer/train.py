@@ -7,6 +7,8 @@ Writes ``<runs_dir>/<task>/<model>/<seed>/``: ``config.yaml`` (resolved), ``metr
 (val/test, bootstrap 95% CIs), ``predictions.parquet`` (test) and ``predictions_val.parquet``,
 ``tb/`` (TensorBoard), ``checkpoints/{last,best}.pt``. A rerun of the same command resumes from
 ``checkpoints/last.pt`` (also after SIGKILL; torchrun ``--max-restarts`` does this by itself).
+A saved checkpoint, or a model with nothing to train (late fusion), is scored by
+``python -m trainer.rescore``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
@@ -63,7 +65,7 @@ def model_config_dict(model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
     return typed.to_dict(config) if config is not None else dict(cfg.model.args)
 
 
-def lr_lambda(cfg: RunConfig, total_steps: int):
+def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
     warmup, kind = cfg.optim.warmup_steps, cfg.optim.scheduler
 
     def factor(step: int) -> float:
@@ -126,6 +128,7 @@ class Trainer:
         self.step = 0
         self.round = 0
         self.finished = False
+        self._resume_rng: dict[str, Any] | None = None
         self.autocast = (
             (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if cfg.train.amp else nullcontext
         )
