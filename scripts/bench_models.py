@@ -24,7 +24,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import bench_common as bc  # noqa: E402
 
 from trainer.models import list_models  # noqa: E402
-from trainer.models.__main__ import PAPER_MILLIONS  # noqa: E402
+from trainer.models.paper import PAPER_MILLIONS  # noqa: E402
 from trainer.models.registry import create_model, model_class  # noqa: E402
 from trainer.tasks import task_spec  # noqa: E402
 

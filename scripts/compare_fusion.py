@@ -32,7 +32,6 @@ from trainer.tasks import task_spec  # noqa: E402
 log = logging.getLogger("medmod.compare_fusion")
 UNIMODAL = ("uni_ehr", "uni_cxr")
 FUSION = ("early", "joint", "late", "medfuse", "mmtm", "daft")
-NEEDS_UNIMODAL = ("early", "late", "medfuse")
 
 
 def run_dir(runs: Path, task: str, model: str, seed: int) -> Path:
@@ -47,12 +46,10 @@ def train(task: str, model: str, args: argparse.Namespace) -> Path:
         return metrics
     words = [f"task={task}", f"model={model}", f"data.shards={args.shards}"]
     words += [f"train.runs_dir={args.runs}", f"train.seed={args.seed}"]
-    if model in NEEDS_UNIMODAL:
-        words.append(f"model.runs_dir={args.runs}")
     if model_class(model).trainable:
         cmd = [sys.executable, str(REPO / "trainer" / "train.py"), *words, *args.extra]
-    else:  # late fusion: nothing to train, scored as built (trainer.evaluate writes metrics.json)
-        cmd = [sys.executable, "-m", "trainer.evaluate", *words, *args.extra, "split=val,test"]
+    else:  # late fusion: nothing to train, scored as built (trainer.rescore writes metrics.json)
+        cmd = [sys.executable, "-m", "trainer.rescore", *words, *args.extra, "split=val,test"]
     log.info("%s/%s: %s", task, model, " ".join(cmd[1:]))
     done = subprocess.run(cmd, cwd=REPO, check=False)
     if done.returncode != 0 or not metrics.is_file():

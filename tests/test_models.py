@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conf.typed import ConfigError
-from trainer.models import PretrainedError, create_model, list_models, model_class
+from trainer.models import PretrainedError, create_model, list_models, model_class, model_config
 from trainer.models.base import last_valid
 from trainer.tasks import task_spec
 
@@ -251,6 +251,14 @@ def save_unimodal(root, task, name, seed=0, **overrides):
     return model, path
 
 
+def from_runs(name, task, runs_dir, seed):
+    """``name`` built as the trainer builds it: unimodal checkpoints found in ``runs_dir``."""
+    from trainer.runtime import find_pretrained
+
+    cfg = model_config(name)
+    return create_model(name, cfg, task, checkpoints=find_pretrained(name, cfg, task.name, runs_dir, seed))
+
+
 @pytest.fixture(scope="module")
 def unimodal_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
@@ -264,11 +272,11 @@ def test_fusion_models_start_from_the_unimodal_runs_by_convention(unimodal_runs)
     root, ehr, cxr, _, _ = unimodal_runs
     task = task_spec("ihm")
     for name in ("early", "medfuse"):
-        model = create_model(name, {"runs_dir": str(root)}, task, seed=0)
+        model = from_runs(name, task, root, seed=0)
         for mine, theirs in ((model.ehr_encoder, ehr.ehr_encoder), (model.cxr_encoder, cxr.cxr_encoder)):
             for (key, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
                 assert torch.equal(a, b), f"{name}: {key} not loaded"
-    early = create_model("early", {"runs_dir": str(root)}, task, seed=0)
+    early = from_runs("early", task, root, seed=0)
     assert all(not p.requires_grad for p in early.ehr_encoder.parameters())
 
 
@@ -293,10 +301,29 @@ def test_checkpoint_errors_are_clear(unimodal_runs, tmp_path):
     with pytest.raises(PretrainedError, match="holds model 'uni_cxr', expected 'uni_ehr'"):
         create_model("medfuse", {"ehr_ckpt": str(cxr_path), "cxr_ckpt": str(cxr_path)}, task)
     with pytest.raises(PretrainedError, match=r"seeds found \[\]"):
-        create_model("early", {"runs_dir": str(root)}, task_spec("pheno"), seed=None)
+        from_runs("early", task_spec("pheno"), root, seed=None)
     _, tf_path = save_unimodal(tmp_path, task, "uni_ehr", **TRANSFORMER_EHR)
     with pytest.raises(PretrainedError, match="model.ehr_encoder=transformer"):
         create_model("early", {"ehr_ckpt": str(tf_path), "cxr_ckpt": str(cxr_path)}, task)
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(PretrainedError, match="not a model checkpoint"):
         create_model("early", {"ehr_ckpt": str(tmp_path / "other.pt"), "cxr_ckpt": str(cxr_path)}, task)
+    with pytest.raises(PretrainedError, match="no uni_ehr checkpoint for ehr_encoder: set model.ehr_ckpt"):
+        create_model("early", {"cxr_ckpt": str(cxr_path)}, task)
+
+
+def test_the_trainer_finds_the_inputs_a_model_declares(tmp_path):
+    """Explicit files win; runs_dir, pretrained_seed and cxr_pretrain_task steer the lookup."""
+    from trainer.runtime import find_pretrained
+
+    cfg = model_config("medfuse", ["cxr_pretrain_task=radiology", "pretrained_seed=3", "ehr_ckpt=e.pt"])
+    assert find_pretrained("medfuse", cfg, "ihm", tmp_path, seed=0) == {
+        "cxr_encoder": tmp_path / "radiology" / "uni_cxr" / "3" / "checkpoints" / "best.pt"
+    }
+    late = model_config("late", [f"runs_dir={tmp_path / 'other'}"])
+    assert find_pretrained("late", late, "ihm", tmp_path, seed=1) == {
+        "ehr_model": tmp_path / "other" / "ihm" / "uni_ehr" / "1" / "checkpoints" / "best.pt",
+        "cxr_model": tmp_path / "other" / "ihm" / "uni_cxr" / "1" / "checkpoints" / "best.pt",
+    }
+    assert find_pretrained("joint", model_config("joint"), "ihm", tmp_path, seed=0) == {}  # init=random
+    assert find_pretrained("uni_ehr", model_config("uni_ehr"), "ihm", tmp_path, seed=0) == {}

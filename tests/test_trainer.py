@@ -31,8 +31,7 @@ from conf.typed import ConfigError
 from shards.tiny import tiny_dataset, tiny_records
 from shards.write import identity_normalizer, write_dataset
 from trainer import checkpoint as ckpt
-from trainer import evaluate as ev
-from trainer import train
+from trainer import rescore, runtime, scoring, train
 from trainer.config import load_run_config
 from trainer.data import build_data
 from trainer.distributed import DistContext
@@ -83,6 +82,17 @@ def test_config_layers_overrides_and_unknown_keys():
         load_run_config(["task=nope"])
 
 
+def test_rescore_command_answers_help_and_bad_config_also_under_its_old_name(capsys):
+    from trainer import evaluate
+
+    assert evaluate.main is rescore.main  # `python -m trainer.evaluate` still runs the command
+    assert rescore.main(["--help"]) == 0
+    assert rescore.__doc__.strip().splitlines()[0] in capsys.readouterr().out
+    assert rescore.main(["task=ihm", "model=uni_ehr", "no_such_key=1"]) == runtime.EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no_such_key" in err[0]
+
+
 def test_single_process_run_writes_consistent_outputs(shard_root, tmp_path):
     cfg = load_run_config(words(shard_root, tmp_path, "task=ihm", "train.epochs=2"))
     results = train.run(cfg, CPU)
@@ -105,7 +115,7 @@ def test_single_process_run_writes_consistent_outputs(shard_root, tmp_path):
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     rescored = tmp_path / "rescored"
     best = run_dir / "checkpoints" / "best.pt"
-    assert train.evaluate_checkpoint([f"checkpoint={best}", "split=test", f"out={rescored}"]) == 0
+    assert rescore.evaluate_checkpoint([f"checkpoint={best}", "split=test", f"out={rescored}"]) == 0
     again = json.loads((rescored / "metrics.json").read_text())["test"]["metrics"]["auroc"]
     assert again == test  # same checkpoint, same samples, same seeded bootstrap
     last = ckpt.load(run_dir / "checkpoints" / "last.pt")
@@ -150,7 +160,7 @@ def test_chunks_early_stopping_and_sequence_equals_sample(shard_root, tmp_path):
     assert len(history) == (5 if first_bad is None else first_bad + 1)
 
     best = ckpt.load(tmp_path / "decomp" / "uni_ehr" / "0" / "checkpoints" / "best.pt")
-    model = train.build_model(cfg)
+    model = runtime.build_model(cfg)
     model.load_state_dict(best["model"])
     scored = {}
     dali = "data.loader=dali" if importlib.util.find_spec("nvidia.dali") else "data.loader=wds"
@@ -158,7 +168,7 @@ def test_chunks_early_stopping_and_sequence_equals_sample(shard_root, tmp_path):
     for name, mode, loader in [*readers, ("dali", "sequence", dali)]:
         mode_cfg = load_run_config(words(shard_root, tmp_path, *extra, f"train.hourly_mode={mode}", loader))
         data = build_data(mode_cfg, CPU)
-        pred = ev.predict(model, data.eval_iter("test"), mode_cfg.spec, mode, CPU.device)
+        pred = scoring.predict(model, data.eval_iter("test"), mode_cfg.spec, mode, CPU.device)
         scored[name] = dict(zip(pred.sample_ids, pred.probs[:, 0]))
     assert sorted(scored["sample"]) == sorted(scored["sequence"]) == sorted(manifest_ids("decomp", "test"))
     assert sorted(scored["dali"]) == sorted(scored["sample"])  # DALI (cpu) reader: same samples
@@ -178,7 +188,7 @@ def test_nan_loss_stops_with_last_checkpoint_intact(shard_root, tmp_path, caplog
         rec.ehr[:] = np.nan
     write_dataset(str(poisoned), recs, {"ihm": identity_normalizer()}, image_size=64, records_per_shard=3)
     code = train.main(words(poisoned, runs, "task=ihm", "train.epochs=2"))
-    assert code == train.EXIT_NONFINITE
+    assert code == runtime.EXIT_NONFINITE
     assert "non-finite loss at step 4" in caplog.text and str(last) in caplog.text
     assert hashlib.sha256(last.read_bytes()).hexdigest() == before
 

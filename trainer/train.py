@@ -7,20 +7,21 @@ Writes ``<runs_dir>/<task>/<model>/<seed>/``: ``config.yaml`` (resolved), ``metr
 (val/test, bootstrap 95% CIs), ``predictions.parquet`` (test) and ``predictions_val.parquet``,
 ``tb/`` (TensorBoard), ``checkpoints/{last,best}.pt``. A rerun of the same command resumes from
 ``checkpoints/last.pt`` (also after SIGKILL; torchrun ``--max-restarts`` does this by itself).
+A saved checkpoint, or a model with nothing to train (late fusion), is scored by
+``python -m trainer.rescore``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 if __package__ in (None, ""):  # `torchrun trainer/train.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,32 +33,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from conf import typed
 from trainer import checkpoint as ckpt
-from trainer import evaluate as ev
+from trainer import scoring
+from trainer.components import Checkpointer, EarlyStopping, MetricsLogger
 from trainer.config import RunConfig, load_run_config
-from trainer.data import DataError, build_data
+from trainer.data import build_data
 from trainer.distributed import (
     DistContext,
-    all_gather_object,
     any_rank,
-    barrier,
     broadcast_object,
-    init_distributed,
-    rng_state,
     seed_everything,
     set_rng_state,
-    setup_logging,
-    shutdown,
 )
+from trainer.runtime import EXIT_CONFIG, NonFiniteLoss, build_model, guarded, summary_line
 from trainer.tasks import TaskSpec
 
 log = logging.getLogger("medmod.trainer")
-
-EXIT_CONFIG, EXIT_NONFINITE, EXIT_DATA = 2, 3, 4
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN/inf: the run stops, the last good checkpoint stays as it was."""
-
 
 LOSSES: dict[str, type[nn.Module]] = {
     "binary": nn.BCEWithLogitsLoss,
@@ -70,22 +60,12 @@ def loss_for(spec: TaskSpec) -> nn.Module:
     return LOSSES[spec.kind]()
 
 
-def build_model(cfg: RunConfig) -> nn.Module:
-    from trainer.models import create_model, model_class
-
-    args = dict(cfg.model.args)
-    # Fusion models find their unimodal checkpoints under runs_dir: default it to this run's.
-    if "runs_dir" in {f.name for f in dataclasses.fields(model_class(cfg.model.name).config_class)}:
-        args.setdefault("runs_dir", cfg.train.runs_dir)
-    return create_model(cfg.model.name, args, cfg.spec, seed=cfg.train.seed)
-
-
 def model_config_dict(model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
     config = getattr(model, "config", None)
     return typed.to_dict(config) if config is not None else dict(cfg.model.args)
 
 
-def lr_lambda(cfg: RunConfig, total_steps: int):
+def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
     warmup, kind = cfg.optim.warmup_steps, cfg.optim.scheduler
 
     def factor(step: int) -> float:
@@ -99,64 +79,139 @@ def lr_lambda(cfg: RunConfig, total_steps: int):
     return factor
 
 
-def use_progress_bar(cfg: RunConfig, ctx: DistContext) -> bool:
-    if not ctx.is_main or cfg.train.progress == "never":
-        return False
-    return cfg.train.progress == "always" or sys.stderr.isatty()
+def wrap_forward(model: nn.Module, mode: str, cfg: RunConfig, ctx: DistContext) -> nn.Module:
+    """What a training step calls: the model's sample or sequence path, compiled and DDP-wrapped
+    as the config says (scoring calls the bare model: no gradient hooks needed there)."""
+    forward: nn.Module = scoring.ModeForward(model, mode)
+    if cfg.train.compile:
+        forward = torch.compile(forward)
+    if ctx.distributed:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        # Unused parameters happen by design (e.g. the learned missing-image vector in a batch
+        # where every image is present), so DDP must not expect every gradient each step.
+        forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
+    return forward
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
 
 class Trainer:
-    """Owns the loop; delegates data to ``trainer.data``, scoring to ``trainer.evaluate`` and
-    files to ``trainer.checkpoint``. Model differences live in the model and loss objects."""
+    """One loop for every task and model. It delegates data to ``trainer.data``, scoring to
+    ``trainer.scoring``, and early stopping, metrics and checkpoint files to the components of
+    ``trainer.components``; model differences live in the model and loss objects."""
 
     def __init__(self, cfg: RunConfig, ctx: DistContext, model: nn.Module, data: Any):
         self.cfg, self.ctx, self.data, self.spec = cfg, ctx, data, cfg.spec
         self.mode = cfg.train.hourly_mode if self.spec.hourly else "sample"
-        ev.check_mode(model, self.mode)
+        scoring.check_mode(model, self.mode)
         if not getattr(model, "trainable", True) or not any(p.requires_grad for p in model.parameters()):
-            raise ValueError(f"model {cfg.model.name!r} has nothing to train; score it with trainer.evaluate")
+            raise ValueError(f"model {cfg.model.name!r} has nothing to train; score it with trainer.rescore")
         self.model = model.to(ctx.device)
         self.model_config = model_config_dict(model, cfg)
-        forward: nn.Module = ev.ModeForward(self.model, self.mode)
-        if cfg.train.compile:
-            forward = torch.compile(forward)
-        if ctx.distributed:
-            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            # Unused parameters happen by design (e.g. the learned missing-image vector in a batch
-            # where every image is present), so DDP must not expect every gradient each step.
-            forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
-        self.forward = forward
+        self.forward = wrap_forward(self.model, self.mode, cfg, ctx)
         self.loss_fn = loss_for(self.spec)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        o = cfg.optim
-        self.optimizer = torch.optim.Adam(
-            params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay
-        )
+        self.optimizer = build_optimizer(self.model, cfg)
+        # A round is an epoch, or a chunk of steps (hourly tasks): validation, early stopping and
+        # checkpoints happen once per round, so patience counts rounds.
         self.chunked = cfg.train.chunk_steps > 0
+        self.unit = "chunk" if self.chunked else "epoch"
         self.steps_per_round = cfg.train.chunk_steps if self.chunked else data.steps_per_epoch
         self.rounds = cfg.train.max_chunks if self.chunked else cfg.train.epochs
         total = self.rounds * self.steps_per_round
-        if cfg.train.max_steps:
-            total = min(total, cfg.train.max_steps)
-        self.total_steps = total
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total))
+        self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
         self.run_dir = cfg.run_dir()
-        self.ckpt_dir = self.run_dir / "checkpoints"
         self.step = 0
         self.round = 0
-        self.best: dict[str, Any] = {"value": None, "round": None, "step": None}
-        self.bad_rounds = 0
-        self.history: list[dict[str, Any]] = []
         self.finished = False
+        self._resume_rng: dict[str, Any] | None = None
         self.autocast = (
             (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if cfg.train.amp else nullcontext
         )
-        self.writer = None
-        # Throughput of this process's training steps (this session only, resumed or not).
-        self.timing = {"data_s": 0.0, "step_s": 0.0, "samples": 0, "steps": 0}
+        self.early_stopping = EarlyStopping(cfg.train.patience)
+        self.metrics = MetricsLogger(cfg.train, ctx, self.run_dir, self.unit, self.total_steps)
+        self.checkpointer = Checkpointer(self.run_dir, ctx, cfg.train.resume)
 
-    # ---------------------------------------------------------------- state and checkpoints
-    def _state(self) -> dict[str, Any]:
+    # ---------------------------------------------------------------- the algorithm
+    def train(self) -> None:
+        """Resume, then rounds of: steps, validation, the early-stopping check, a checkpoint."""
+        self.checkpointer.prepare()
+        resumed = self.resume()
+        self.metrics.open(self.step, resumed)
+        if self.finished:
+            log.info("training already finished (step %d); going to the final evaluation", self.step)
+            return
+        stream = self._stream()
+        if resumed:
+            set_rng_state(self._resume_rng)
+        with self.metrics.progress(self.step, f"{self.cfg.task}/{self.cfg.model.name}"):
+            while self.round < self.rounds and not self.finished:
+                self.train_round(stream)
+                improved = self.early_stopping.update(self.validate(), self.round, self.step)
+                reason = self.stop_reason()
+                self.finished = reason is not None
+                self.checkpointer.save(self.state_dict, best=improved)
+                if reason:
+                    log.info("stopping: %s", reason)
+
+    def train_round(self, stream: Iterator[dict[str, Any]]) -> None:
+        """Optimizer steps up to the end of this round (or ``train.max_steps``)."""
+        cfg = self.cfg.train
+        target = min((self.round + 1) * self.steps_per_round, cfg.max_steps or sys.maxsize)
+        self.metrics.start_round()
+        while self.step < target:
+            t0 = time.perf_counter()
+            batch = next(stream)
+            t1 = time.perf_counter()
+            loss, rows = self.train_step(batch)
+            self.metrics.record_step(self.step, loss, rows, t1 - t0, time.perf_counter() - t1, self.lr)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < target:
+                self.checkpointer.save(self.state_dict)
+        self.round += 1
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
+        """One optimizer step; returns the loss and the number of samples (hourly: hours) scored."""
+        batch = scoring.move(batch, self.ctx.device)
+        with self.autocast():
+            out = scoring.rows(self.mode, self.forward(batch), batch)
+            loss = self.loss_fn(out.logits.float(), out.y)
+        if any_rank(not bool(torch.isfinite(loss.detach())), self.ctx):
+            self._stop_on_nonfinite()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return float(loss.detach()), int(out.logits.shape[0])
+
+    def _stop_on_nonfinite(self) -> NoReturn:
+        last = self.checkpointer.last
+        kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
+        where = f"step {self.step + 1} (round {self.round})"
+        raise NonFiniteLoss(f"non-finite loss at {where}; stopping, {kept} left unchanged")
+
+    def stop_reason(self) -> str | None:
+        if self.early_stopping.exhausted:
+            return f"no val improvement for {self.early_stopping.bad_rounds} {self.unit}s"
+        if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
+            return f"train.max_steps={self.cfg.train.max_steps} reached"
+        if self.round >= self.rounds:
+            return f"all {self.rounds} {self.unit}s done"
+        return None
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ---------------------------------------------------------------- state and resume
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint content (``rng`` is added by the checkpointer, from every rank)."""
         epoch, batch = divmod(self.step, self.data.steps_per_epoch)
         return {
             "model": self.model.state_dict(),
@@ -169,49 +224,33 @@ class Trainer:
             "step": self.step,
             "round": self.round,
             "data": {"epoch": epoch, "batch": batch, "steps_per_epoch": self.data.steps_per_epoch},
-            "best": dict(self.best),
-            "bad_rounds": self.bad_rounds,
-            "history": list(self.history),
+            **self.early_stopping.state_dict(),
+            **self.metrics.state_dict(),
             "finished": self.finished,
             "world_size": self.ctx.world_size,
         }
 
-    def save(self, best: bool = False) -> None:
-        """Every rank contributes its RNG state; rank 0 writes (last, and best when asked)."""
-        rngs = all_gather_object(rng_state(), self.ctx)
-        if self.ctx.is_main:
-            state = self._state()
-            state["rng"] = rngs
-            ckpt.save_atomic(state, self.ckpt_dir / "last.pt")
-            if best:
-                ckpt.save_atomic(state, self.ckpt_dir / "best.pt")
-        barrier(self.ctx)
-
-    def try_resume(self) -> bool:
-        path = self.ckpt_dir / "last.pt"
-        if not (self.cfg.train.resume and path.is_file()):
-            return False
-        state = ckpt.load(path, map_location="cpu")
-        if state.get("world_size", 1) != self.ctx.world_size:
-            raise ckpt.CheckpointError(
-                f"{path} was written by {state.get('world_size')} processes, this run has {self.ctx.world_size}: "
-                "exact resume needs the same world size (or train.resume=false to start over)"
-            )
-        if state["data"].get("steps_per_epoch") != self.data.steps_per_epoch:
-            raise ckpt.CheckpointError(f"{path}: steps per epoch changed (different shards or batch size?)")
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.round = int(state["step"]), int(state["round"])
-        self.best, self.bad_rounds = dict(state["best"]), int(state["bad_rounds"])
-        self.history, self.finished = list(state["history"]), bool(state["finished"])
+        self.early_stopping.load_state_dict(state)
+        self.metrics.load_state_dict(state)
+        self.finished = bool(state["finished"])
+        # Restored once the data stream has been replayed to the resume position (see _stream).
         self._resume_rng = state["rng"][self.ctx.rank]
+
+    def resume(self) -> bool:
+        state = self.checkpointer.load_last(self.data.steps_per_epoch)
+        if state is None:
+            return False
+        self.load_state_dict(state)
         # A rerun with more epochs/chunks/steps extends a finished run; patience stays spent.
-        self.finished = self.finished and self._stop_reason() is not None
-        log.info("resumed from %s at step %d (round %d)", path, self.step, self.round)
+        self.finished = self.finished and self.stop_reason() is not None
+        log.info("resumed from %s at step %d (round %d)", self.checkpointer.last, self.step, self.round)
         return True
 
-    # ---------------------------------------------------------------- data stream
     def _stream(self) -> Iterator[dict[str, Any]]:
         """Training batches from the current step on, epoch after epoch (same count on every rank).
 
@@ -223,165 +262,27 @@ class Trainer:
         later = (self.data.train_iter(e, 0) for e in itertools.count(epoch + 1))
         return itertools.chain(first, itertools.chain.from_iterable(later))
 
-    # ---------------------------------------------------------------- the loop
-    def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
-        """One optimizer step; returns the loss and the number of samples (hourly: hours) scored."""
-        batch = ev.move(batch, self.ctx.device)
-        with self.autocast():
-            out = ev.rows(self.mode, self.forward(batch), batch)
-            loss = self.loss_fn(out.logits.float(), out.y)
-        if any_rank(not bool(torch.isfinite(loss.detach())), self.ctx):
-            where = f"step {self.step + 1} (round {self.round})"
-            last = self.ckpt_dir / "last.pt"
-            kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
-            raise NonFiniteLoss(f"non-finite loss at {where}; stopping, {kept} left unchanged")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        return float(loss.detach()), int(out.logits.shape[0])
-
-    def fit(self) -> None:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True) if self.ctx.is_main else None
-        resumed = self.try_resume()
-        if self.ctx.is_main:
-            ckpt.clean_stale_temps(self.ckpt_dir)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if resumed else None)
-        if self.finished:
-            log.info("training already finished (step %d); going to the final evaluation", self.step)
-            return
-        stream = self._stream()
-        if resumed:
-            set_rng_state(self._resume_rng)
-        bar = self._progress()
-        try:
-            while self.round < self.rounds and not self.finished:
-                self._run_round(stream, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _run_round(self, stream: Iterator[dict[str, Any]], bar: Any) -> None:
-        cfg = self.cfg.train
-        target = min((self.round + 1) * self.steps_per_round, cfg.max_steps or sys.maxsize)
-        tick, seen, losses = time.perf_counter(), 0, []
-        while self.step < target:
-            t0 = time.perf_counter()
-            batch = next(stream)
-            t1 = time.perf_counter()
-            loss, rows = self.train_step(batch)
-            self.timing["data_s"] += t1 - t0
-            self.timing["step_s"] += time.perf_counter() - t1
-            self.timing["samples"] += rows
-            self.timing["steps"] += 1
-            losses.append(loss)
-            seen += rows
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{losses[-1]:.4f}", samples_s=f"{seen / (time.perf_counter() - tick):.1f}"
-                )
-            if self.step % cfg.log_every == 0:
-                self._log_train(losses, seen, tick)
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < target:
-                self.save()
-        self.round += 1
-        value = self.validate()
-        improved = self._update_best(value)
-        stop_reason = self._stop_reason()
-        self.finished = stop_reason is not None
-        self.save(best=improved)
-        if stop_reason:
-            log.info("stopping: %s", stop_reason)
-
-    def _stop_reason(self) -> str | None:
-        if self.bad_rounds >= self.cfg.train.patience:
-            return f"no val improvement for {self.bad_rounds} {'chunks' if self.chunked else 'epochs'}"
-        if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
-            return f"train.max_steps={self.cfg.train.max_steps} reached"
-        if self.round >= self.rounds:
-            return f"all {self.rounds} {'chunks' if self.chunked else 'epochs'} done"
-        return None
-
-    def _update_best(self, value: float) -> bool:
-        best = self.best["value"]
-        improved = best is None or (math.isfinite(value) and (not math.isfinite(best) or value > best))
-        if improved:
-            self.best = {"value": value, "round": self.round, "step": self.step}
-            self.bad_rounds = 0
-        else:
-            self.bad_rounds += 1
-        return improved
-
-    def _log_train(self, losses: list[float], seen: int, tick: float) -> None:
-        rate = seen / max(1e-9, time.perf_counter() - tick)
-        recent = sum(losses[-self.cfg.train.log_every :]) / len(losses[-self.cfg.train.log_every :])
-        log.info("step %d  loss %.4f  lr %.2e  %.1f samples/s/rank", self.step, recent, self._lr(), rate)
-        if self.writer is not None:
-            self.writer.add_scalar("train/loss", recent, self.step)
-            self.writer.add_scalar("train/lr", self._lr(), self.step)
-            self.writer.add_scalar("train/samples_per_s_per_rank", rate, self.step)
-
-    def _lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    def _progress(self) -> Any:
-        if not use_progress_bar(self.cfg, self.ctx):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.total_steps, initial=self.step, desc=f"{self.cfg.task}/{self.cfg.model.name}")
-
     # ---------------------------------------------------------------- evaluation
-    def predict(self, split: str, max_batches: int = 0) -> ev.Predictions | None:
+    def predict(self, split: str, max_batches: int = 0) -> scoring.Predictions | None:
         """Every sample of ``split`` scored once across ranks, gathered on rank 0."""
         batches = self.data.eval_iter(split, max_batches)
-        pred = ev.predict(self.model, batches, self.spec, self.mode, self.ctx.device, self.cfg.train.amp)
-        return ev.gather_predictions(pred, self.ctx)
+        pred = scoring.predict(self.model, batches, self.spec, self.mode, self.ctx.device, self.cfg.train.amp)
+        return scoring.gather_predictions(pred, self.ctx)
 
     def validate(self) -> float:
+        """The selection metric on val (a fixed window of batches in chunk mode), on every rank."""
         window = self.cfg.train.val_steps if self.chunked else 0
         pred = self.predict("val", window)
         value = float("nan")
         if pred is not None:
-            scores = ev.score(self.spec, pred, bootstrap=0, seed=self.cfg.train.seed)["metrics"]
+            scores = scoring.score(self.spec, pred, bootstrap=0, seed=self.cfg.train.seed)["metrics"]
             value = scores[self.spec.selection_metric]["value"]
-            entry = {"round": self.round, "step": self.step, **{k: v["value"] for k, v in scores.items()}}
-            self.history.append(entry)
-            log.info(
-                "%s %d val %s  (%d samples)",
-                "chunk" if self.chunked else "epoch",
-                self.round,
-                "  ".join(f"{k} {v['value']:.4f}" for k, v in scores.items()),
-                len(pred.sample_ids),
-            )
-            if self.writer is not None:
-                for key, v in scores.items():
-                    self.writer.add_scalar(f"val/{key}", v["value"], self.step)
-                self.writer.flush()
+            self.metrics.record_val(self.round, self.step, scores, len(pred.sample_ids))
         return float(broadcast_object(value, self.ctx))
-
-    def throughput(self) -> dict[str, float]:
-        """Rank 0's training throughput; samples/s for all ranks assumes they run in lockstep (DDP)."""
-        t = self.timing
-        busy = t["data_s"] + t["step_s"]
-        rate = t["samples"] / busy if busy else float("nan")
-        return {
-            "steps": t["steps"],
-            "samples_per_s": rate * self.ctx.world_size,
-            "samples_per_s_per_rank": rate,
-            "data_share": t["data_s"] / busy if busy else float("nan"),
-        }
 
     def final(self) -> dict[str, Any] | None:
         """Score val and test with the best checkpoint; rank 0 writes metrics and predictions."""
-        best = self.ckpt_dir / "best.pt"
-        source = best if best.is_file() else self.ckpt_dir / "last.pt"
+        source = self.checkpointer.for_scoring()
         state = ckpt.load(source, map_location="cpu", full=False)
         self.model.load_state_dict(state["model"])
         results: dict[str, Any] = {
@@ -395,18 +296,17 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "steps": state.get("step"),
             "auprc_definition": "average precision (step-wise), not the PR-curve trapezoid",
-            "throughput": self.throughput(),
+            "throughput": self.metrics.throughput(),
         }
         for split, filename in (("val", "predictions_val.parquet"), ("test", "predictions.parquet")):
             pred = self.predict(split)
             if pred is None:
                 continue
-            results[split] = ev.score(self.spec, pred, self.cfg.train.bootstrap, self.cfg.train.seed)
-            ev.write_predictions(pred, self.run_dir / filename)
+            results[split] = scoring.score(self.spec, pred, self.cfg.train.bootstrap, self.cfg.train.seed)
+            scoring.write_predictions(pred, self.run_dir / filename)
         if self.ctx.is_main:
-            ev.write_json(results, self.run_dir / "metrics.json")
-            if self.writer is not None:
-                self.writer.close()
+            scoring.write_json(results, self.run_dir / "metrics.json")
+            self.metrics.close()
             return results
         return None
 
@@ -416,21 +316,6 @@ def write_config(cfg: RunConfig, model_config: dict[str, Any], run_dir: Path) ->
     resolved = typed.to_dict(cfg)
     resolved["model"]["resolved"] = model_config
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-
-
-def _metric_text(name: str, m: dict[str, float]) -> str:
-    ci = f" [{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if "ci_low" in m else ""
-    return f"{name} {m['value']:.4f}{ci}"
-
-
-def summary_line(results: dict[str, Any]) -> str:
-    """One line per split: each metric with its 95% CI when bootstrapped, and the sample count."""
-    lines = []
-    for split in ("val", "test"):
-        if split in results:
-            metrics = "  ".join(_metric_text(k, v) for k, v in results[split]["metrics"].items())
-            lines.append(f"{split}: {metrics}  (n={results[split]['n_samples']})")
-    return "\n".join(lines)
 
 
 def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
@@ -449,105 +334,8 @@ def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
             ctx.world_size,
             ctx.device,
         )
-    trainer.fit()
+    trainer.train()
     return trainer.final()
-
-
-def _split_words(words: list[str]) -> tuple[str | None, str | None, list[str], list[str]]:
-    checkpoint, out_dir, splits, rest = None, None, ["test"], []
-    for word in words:
-        key, _, value = word.partition("=")
-        if key == "checkpoint":
-            checkpoint = value
-        elif key == "out":
-            out_dir = value
-        elif key == "split":
-            splits = [s for s in value.split(",") if s]
-        else:
-            rest.append(word)
-    return checkpoint, out_dir, splits, rest
-
-
-def score_model(
-    cfg: RunConfig, ctx: DistContext, model: nn.Module, splits: list[str], out_dir: Path | None
-) -> dict[str, Any] | None:
-    """Score ``model`` as it is on ``splits`` (no training): late fusion, or a saved checkpoint.
-
-    Predictions (and metrics.json) go to ``out_dir`` when given; rank 0 returns the metrics."""
-    data = build_data(cfg, ctx)
-    mode = cfg.train.hourly_mode if cfg.spec.hourly else "sample"
-    ev.check_mode(model, mode)
-    model = model.to(ctx.device)
-    results: dict[str, Any] = {"task": cfg.task, "model": cfg.model.name, "seed": cfg.train.seed}
-    for split in splits:
-        batches = data.eval_iter(split)
-        pred = ev.gather_predictions(
-            ev.predict(model, batches, cfg.spec, mode, ctx.device, cfg.train.amp), ctx
-        )
-        if pred is not None:
-            results[split] = ev.score(cfg.spec, pred, cfg.train.bootstrap, cfg.train.seed)
-            if out_dir is not None:
-                name = "predictions.parquet" if split == "test" else f"predictions_{split}.parquet"
-                ev.write_predictions(pred, out_dir / name)
-    if ctx.is_main and out_dir is not None:
-        ev.write_json(results, out_dir / "metrics.json")
-    return results if ctx.is_main else None
-
-
-def evaluate_checkpoint(words: list[str]) -> int:
-    """``checkpoint=PATH [split=val,test] [out=DIR]`` rescored (config from the checkpoint,
-    overridable, e.g. ``data.shards=``), or a model built from ``task=... model=...`` and scored as
-    it is into its run dir (models with nothing to train, e.g. late fusion)."""
-    checkpoint, out_dir, splits, rest = _split_words(words)
-    try:
-        if checkpoint:
-            state = ckpt.load(checkpoint, full=False)
-            base = state.get("config") or {}
-            cfg = typed.load(RunConfig, base, overrides=rest)
-        else:
-            cfg = load_run_config(rest)
-    except (typed.ConfigError, ckpt.CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    def body(ctx: DistContext) -> dict[str, Any] | None:
-        from trainer.models import create_model
-
-        if checkpoint:
-            model = create_model(state["model_name"], state["model_config"], cfg.spec, seed=cfg.train.seed)
-            model.load_state_dict(state["model"])
-        else:
-            model = build_model(cfg)
-        # A rescored checkpoint writes only where asked (out=DIR), never over its own run's files.
-        target = Path(out_dir) if out_dir else (None if checkpoint else cfg.run_dir())
-        return score_model(cfg, ctx, model, splits, target)
-
-    code, results = guarded(cfg, body)
-    if results is not None:
-        print(summary_line(results))
-    return code
-
-
-EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
-    (NonFiniteLoss, EXIT_NONFINITE),
-    (DataError, EXIT_DATA),
-    (typed.ConfigError, EXIT_CONFIG),
-    (ckpt.CheckpointError, EXIT_CONFIG),
-)
-
-
-def guarded(cfg: RunConfig, body: Any) -> tuple[int, Any]:
-    """Process group up, ``body(ctx)``, process group down; a known failure is logged as one line
-    and mapped to its exit status instead of a traceback."""
-    ctx = init_distributed(cfg.train.device)
-    setup_logging(ctx.rank)
-    try:
-        return 0, body(ctx)
-    except tuple(cls for cls, _ in EXIT_CODES) as err:
-        log.error("%s: %s", type(err).__name__, err)
-        return next(code for cls, code in EXIT_CODES if isinstance(err, cls)), None
-    finally:
-        shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

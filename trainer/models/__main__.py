@@ -11,10 +11,8 @@ import logging
 import sys
 
 from trainer.models import create_model, list_models, model_class
+from trainer.models.paper import PAPER_MILLIONS
 from trainer.tasks import task_spec
-
-# Paper Table 8 (trainable parameters, millions); None: not reported.
-PAPER_MILLIONS = {"medfuse": 23.9, "mmtm": 23.5, "daft": 22.3, "early": 1.70, "joint": 23.9}
 
 
 def trainable_parameters(name: str, task: str = "ihm") -> int:

@@ -4,7 +4,9 @@
 ``causal = True`` also have ``forward_sequence(batch) -> [B, T, C]``: row t only sees hours
 <= t, and the trainer gathers rows at ``hour_index``. ``trainable = False`` (late fusion) tells
 the trainer to evaluate without an optimisation loop. ``head_names`` lists the outputs of
-``forward_heads`` (MMTM adds its unimodal heads for evaluation).
+``forward_heads`` (MMTM adds its unimodal heads for evaluation). ``pretrained_inputs`` names the
+unimodal checkpoints a model starts from; the trainer resolves their paths and passes them as
+``checkpoints=`` to the constructor (``checkpoint_inputs`` says which ones a config needs).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from trainer.models.config import EncoderConfig
+from trainer.models.config import EncoderConfig, PretrainedConfig
 from trainer.models.encoders import build_cxr_encoder, build_ehr_encoder
+from trainer.models.pretrained import PretrainedInput
 from trainer.tasks import TaskSpec
 
 Batch = dict[str, Any]
@@ -84,6 +87,14 @@ class MedModel(nn.Module):
     causal: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
     head_names: ClassVar[tuple[str, ...]] = ("fused",)
+    pretrained_inputs: ClassVar[dict[str, PretrainedInput]] = {}
+
+    @classmethod
+    def checkpoint_inputs(cls, cfg: EncoderConfig) -> dict[str, PretrainedInput]:
+        """The checkpoints a model with config ``cfg`` loads, by slot (none under init=random)."""
+        if isinstance(cfg, PretrainedConfig) and cfg.init == "pretrained":
+            return dict(cls.pretrained_inputs)
+        return {}
 
     def __init__(self, cfg: EncoderConfig, task: TaskSpec):
         super().__init__()

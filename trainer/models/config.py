@@ -54,20 +54,28 @@ class UnimodalConfig(EncoderConfig):
 
 
 @dataclass
-class PretrainedFusionConfig(EncoderConfig):
-    """Fusion models that may start from unimodal checkpoints (early, joint, MedFuse).
+class PretrainedConfig(EncoderConfig):
+    """Models that may start from unimodal checkpoints (early, joint, late, MedFuse).
 
-    ``init=pretrained`` loads ``ehr_ckpt`` / ``cxr_ckpt``, or when those are null the convention
-    ``<runs_dir>/<task>/uni_ehr/<seed>/checkpoints/best.pt`` (uni_cxr likewise; the CXR one from
-    ``cxr_pretrain_task`` when set, e.g. ``radiology`` as in the paper).
+    ``init=pretrained`` loads ``ehr_ckpt`` / ``cxr_ckpt`` when given. When null, the trainer
+    finds them by its run layout: ``<runs_dir>/<task>/uni_ehr/<seed>/checkpoints/best.pt``
+    (uni_cxr likewise), where ``runs_dir`` null means the run's ``train.runs_dir`` and
+    ``pretrained_seed`` null the run's seed. The model itself only loads the paths it is given.
     """
 
     init: Literal["pretrained", "random"] = "pretrained"
     ehr_ckpt: str | None = None
     cxr_ckpt: str | None = None
+    runs_dir: str | None = None
+    pretrained_seed: int | None = None
+
+
+@dataclass
+class PretrainedFusionConfig(PretrainedConfig):
+    """Both encoders from unimodal checkpoints, optionally frozen; the CXR one from the
+    ``cxr_pretrain_task`` run when set (e.g. ``radiology``, as in the paper)."""
+
     cxr_pretrain_task: str | None = None
-    runs_dir: str = "runs"
-    pretrained_seed: int | None = None  # null: the seed of this run (or the only one found)
     freeze_encoders: bool = False
     fusion_dim: int = 256  # v_cxr is projected to this size before fusion
 
@@ -78,14 +86,8 @@ class MedFuseConfig(PretrainedFusionConfig):
 
 
 @dataclass
-class LateConfig(EncoderConfig):
+class LateConfig(PretrainedConfig):
     """Late fusion loads two whole unimodal models; the encoder fields only matter for init=random."""
-
-    init: Literal["pretrained", "random"] = "pretrained"
-    ehr_ckpt: str | None = None
-    cxr_ckpt: str | None = None
-    runs_dir: str = "runs"
-    pretrained_seed: int | None = None
 
 
 @dataclass

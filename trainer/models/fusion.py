@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from trainer.models.base import Batch, MedModel, MissingImage, broadcast_time
 from trainer.models.config import LateConfig, MedFuseConfig, PretrainedFusionConfig
-from trainer.models.pretrained import convention_path, load_encoder, read_checkpoint
+from trainer.models.pretrained import (
+    Checkpoints,
+    PretrainedInput,
+    load_encoder,
+    pretrained_paths,
+    read_checkpoint,
+)
 from trainer.models.registry import register_model
 from trainer.models.unimodal import UniCXR, UniEHR
 from trainer.tasks import TaskSpec
@@ -27,45 +34,34 @@ log = logging.getLogger(__name__)
 PROB_EPS = 1e-6
 
 
-def _ckpt_path(explicit: str | None, cfg, task: str, model_name: str, seed: int | None):
-    if explicit:
-        return explicit
-    return convention_path(
-        cfg.runs_dir, task, model_name, cfg.pretrained_seed if cfg.pretrained_seed is not None else seed
-    )
-
-
 class PretrainedFusion(MedModel):
     """Both encoders, optionally initialised from unimodal checkpoints and optionally frozen."""
 
     config_class = PretrainedFusionConfig
     causal = True
+    # Slots are the encoder attributes and the prefixes of their weights in the unimodal models.
+    pretrained_inputs = {
+        "ehr_encoder": PretrainedInput("uni_ehr", "ehr_ckpt"),
+        "cxr_encoder": PretrainedInput("uni_cxr", "cxr_ckpt", task_field="cxr_pretrain_task"),
+    }
 
-    def __init__(self, cfg: PretrainedFusionConfig, task: TaskSpec, seed: int | None):
+    def __init__(self, cfg: PretrainedFusionConfig, task: TaskSpec, checkpoints: Checkpoints | None):
         super().__init__(cfg, task)
         self._build_ehr()
         self._build_cxr()
-        if cfg.init == "pretrained":
-            self._load_encoders(seed)
-        elif cfg.freeze_encoders:
+        for slot, path in pretrained_paths(self.checkpoint_inputs(cfg), cfg, checkpoints).items():
+            load_encoder(getattr(self, slot), cfg, path, self.pretrained_inputs[slot].model, slot)
+        if cfg.freeze_encoders and cfg.init != "pretrained":
             log.warning("%s: freezing randomly initialised encoders (init=random)", self.name)
         if cfg.freeze_encoders:
             self.freeze(self.ehr_encoder, self.cxr_encoder)
-
-    def _load_encoders(self, seed: int | None) -> None:
-        cfg = self.config
-        ehr_path = _ckpt_path(cfg.ehr_ckpt, cfg, self.task.name, "uni_ehr", seed)
-        load_encoder(self.ehr_encoder, cfg, ehr_path, "uni_ehr", "ehr_encoder")
-        cxr_task = cfg.cxr_pretrain_task or self.task.name
-        cxr_path = _ckpt_path(cfg.cxr_ckpt, cfg, cxr_task, "uni_cxr", seed)
-        load_encoder(self.cxr_encoder, cfg, cxr_path, "uni_cxr", "cxr_encoder")
 
 
 class ConcatFusion(PretrainedFusion):
     """[v_ehr; Linear(512 -> 256) v_cxr] -> Linear -> C."""
 
-    def __init__(self, cfg: PretrainedFusionConfig, task: TaskSpec, seed: int | None = None):
-        super().__init__(cfg, task, seed)
+    def __init__(self, cfg: PretrainedFusionConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
+        super().__init__(cfg, task, checkpoints)
         self.cxr_proj = nn.Linear(self.cxr_encoder.out_dim, cfg.fusion_dim)
         self.classifier = nn.Linear(self.ehr_encoder.out_dim + cfg.fusion_dim, task.num_outputs)
 
@@ -89,8 +85,8 @@ class MedFuse(PretrainedFusion):
 
     config_class = MedFuseConfig
 
-    def __init__(self, cfg: MedFuseConfig, task: TaskSpec, seed: int | None = None):
-        super().__init__(cfg, task, seed)
+    def __init__(self, cfg: MedFuseConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
+        super().__init__(cfg, task, checkpoints)
         self.missing = MissingImage(self.cxr_encoder.out_dim, "zero")  # never read: see fuse()
         self.cxr_proj = nn.Linear(self.cxr_encoder.out_dim, self.ehr_encoder.out_dim)
         self.fusion_lstm = nn.LSTM(self.ehr_encoder.out_dim, cfg.fusion_hidden, batch_first=True)
@@ -121,23 +117,27 @@ class LateFusion(MedModel):
     causal = True
     trainable = False
 
-    def __init__(self, cfg: LateConfig, task: TaskSpec, seed: int | None = None):
+    pretrained_inputs = {
+        "ehr_model": PretrainedInput("uni_ehr", "ehr_ckpt"),
+        "cxr_model": PretrainedInput("uni_cxr", "cxr_ckpt"),
+    }
+
+    def __init__(self, cfg: LateConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
         super().__init__(cfg, task)
-        self.ehr_model = self._unimodal(UniEHR, "uni_ehr", cfg.ehr_ckpt, seed)
-        self.cxr_model = self._unimodal(UniCXR, "uni_cxr", cfg.cxr_ckpt, seed)
+        paths = pretrained_paths(self.checkpoint_inputs(cfg), cfg, checkpoints)
+        self.ehr_model = self._unimodal(UniEHR, paths.get("ehr_model"))
+        self.cxr_model = self._unimodal(UniCXR, paths.get("cxr_model"))
         self.freeze(self.ehr_model, self.cxr_model)
 
-    def _unimodal(self, cls: type, name: str, explicit: str | None, seed: int | None) -> MedModel:
-        """The whole unimodal model, rebuilt from its checkpoint's own config."""
-        cfg = self.config
-        if cfg.init == "random":
-            fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls.config_class)}
+    def _unimodal(self, cls: type, path: Path | None) -> MedModel:
+        """The whole unimodal model, rebuilt from its checkpoint's own config (init=random: ours)."""
+        if path is None:
+            fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(cls.config_class)}
             return cls(cls.config_class(**fields), self.task)
-        path = _ckpt_path(explicit, cfg, self.task.name, name, seed)
-        ckpt = read_checkpoint(path, name)
+        ckpt = read_checkpoint(path, cls.name)
         model = cls(cls.config_class(**ckpt["model_config"]), self.task)
         model.load_state_dict(ckpt["model"], strict=True)
-        log.info("late fusion: %s from %s", name, path)
+        log.info("late fusion: %s from %s", cls.name, path)
         return model
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from trainer.models.base import (
 )
 from trainer.models.config import DAFTConfig, EncoderConfig, MMTMConfig
 from trainer.models.encoders import RESNET34_CHANNELS, RESNET_STAGES
+from trainer.models.pretrained import Checkpoints
 from trainer.models.registry import register_model
 from trainer.tasks import TaskSpec
 
@@ -116,7 +117,7 @@ class MMTM(LayerwiseFusion):
     config_class = MMTMConfig
     head_names = ("fused", "ehr", "cxr")
 
-    def __init__(self, cfg: MMTMConfig, task: TaskSpec, seed: int | None = None):
+    def __init__(self, cfg: MMTMConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
         super().__init__(cfg, task)
         if cfg.cxr_encoder != "resnet34":
             raise ConfigError("mmtm inserts into ResNet stages: needs cxr_encoder=resnet34")
@@ -195,7 +196,7 @@ class DAFT(LayerwiseFusion):
 
     config_class = DAFTConfig
 
-    def __init__(self, cfg: DAFTConfig, task: TaskSpec, seed: int | None = None):
+    def __init__(self, cfg: DAFTConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
         super().__init__(cfg, task)
         hidden, channels = self.ehr_encoder.out_dim, self.cxr_encoder.out_dim
         bottleneck = cfg.daft_bottleneck or int((16 + channels) / 7)

@@ -4,22 +4,29 @@ Checkpoint format (agreed with the trainer): ``torch.save`` of a dict with at le
 ``{"model": state_dict, "model_name": str, "model_config": dict}``. The trainer's file may hold
 more (optimizer, RNG, step); only these three keys are read here. These are this project's own
 run outputs, so they are unpickled in full (RNG states are not plain tensors).
+
+A model class declares what it starts from (``pretrained_inputs``: slot -> PretrainedInput) and
+loads the files it is handed; finding them by the run layout is the trainer's business
+(``trainer.runtime.find_pretrained``), so models know nothing of run folders.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainer.models.config import CXR_ARCH_FIELDS, EHR_ARCH_FIELDS, EncoderConfig
+from trainer.models.config import CXR_ARCH_FIELDS, EHR_ARCH_FIELDS, EncoderConfig, PretrainedConfig
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "model_name", "model_config")
+Checkpoints = Mapping[str, "str | Path"]  # input slot -> checkpoint file
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
@@ -27,20 +34,37 @@ class PretrainedError(RuntimeError):
     """A unimodal checkpoint is missing, of the wrong model, or does not fit this model."""
 
 
-def convention_path(runs_dir: str, task: str, model_name: str, seed: int | None) -> Path:
-    """``<runs_dir>/<task>/<model_name>/<seed>/checkpoints/best.pt``; seed None: the only seed there."""
-    root = Path(runs_dir) / task / model_name
-    if seed is None:
-        seeds = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        if len(seeds) != 1:
+@dataclass(frozen=True)
+class PretrainedInput:
+    """One unimodal run a model starts from, and the config fields that steer where it is."""
+
+    model: str  # the registered unimodal model whose checkpoint is read
+    path_field: str  # config field with an explicit file, which wins over any run lookup
+    task_field: str | None = None  # config field naming another task's run (null: this task)
+
+    def explicit(self, cfg: PretrainedConfig) -> Path | None:
+        path = getattr(cfg, self.path_field)
+        return Path(path) if path else None
+
+    def source_task(self, cfg: PretrainedConfig, task: str) -> str:
+        return (getattr(cfg, self.task_field) if self.task_field else None) or task
+
+
+def pretrained_paths(
+    inputs: Mapping[str, PretrainedInput], cfg: PretrainedConfig, given: Checkpoints | None
+) -> dict[str, Path]:
+    """The file for each input slot: the config's explicit path, else the one the trainer found."""
+    given = given or {}
+    paths: dict[str, Path] = {}
+    for slot, need in inputs.items():
+        path = need.explicit(cfg) or given.get(slot)
+        if path is None:
             raise PretrainedError(
-                f"cannot pick a {model_name} checkpoint under {root}: seeds found {seeds}; "
-                "set model.pretrained_seed or give the file with model.ehr_ckpt / model.cxr_ckpt"
+                f"no {need.model} checkpoint for {slot}: set model.{need.path_field}=PATH, or train "
+                "through trainer/train.py, which finds it under train.runs_dir"
             )
-        seed_dir = seeds[0]
-    else:
-        seed_dir = str(seed)
-    return root / seed_dir / "checkpoints" / "best.pt"
+        paths[slot] = Path(path)
+    return paths
 
 
 def read_checkpoint(path: str | Path, expected_model: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from conf import typed
+from trainer.models.config import PretrainedConfig
+from trainer.models.pretrained import Checkpoints
 from trainer.tasks import TaskSpec
 
 _MODELS: dict[str, type] = {}
@@ -20,11 +22,23 @@ def register_model(name: str) -> Callable[[type], type]:
             raise ValueError(f"model {name!r} registered twice ({_MODELS[name].__name__}, {cls.__name__})")
         if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
             raise TypeError(f"{cls.__name__} needs a dataclass config_class")
+        _check_pretrained_inputs(cls)
         cls.name = name
         _MODELS[name] = cls
         return cls
 
     return wrap
+
+
+def _check_pretrained_inputs(cls: type) -> None:
+    """A model's declared checkpoint inputs must name fields its config has (typos fail at import)."""
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    for slot, need in getattr(cls, "pretrained_inputs", {}).items():
+        wanted = {need.path_field, need.task_field} - {None}
+        if not issubclass(cls.config_class, PretrainedConfig) or wanted - fields:
+            raise TypeError(
+                f"{cls.__name__}: input {slot!r} needs a PretrainedConfig config_class with {sorted(wanted)}"
+            )
 
 
 def list_models() -> list[str]:
@@ -51,12 +65,15 @@ def model_config(name: str, overrides: dict[str, Any] | list[str] | None = None)
     return typed.load(cls.config_class, defaults, overrides or {})
 
 
-def create_model(name: str, cfg: Any = None, task: TaskSpec | None = None, *, seed: int | None = None):
+def create_model(
+    name: str, cfg: Any = None, task: TaskSpec | None = None, *, checkpoints: Checkpoints | None = None
+) -> Any:
     """Build model ``name`` for ``task``.
 
     ``cfg``: None (YAML defaults), a mapping / list of overrides, or an instance of the model's
-    config class. ``seed`` is the run's seed: fusion models look up the unimodal checkpoints of the
-    same seed by convention unless ``pretrained_seed`` says otherwise.
+    config class. ``checkpoints``: files for the model's ``checkpoint_inputs`` slots that its
+    config does not name explicitly (the trainer finds them in its runs folder,
+    ``trainer.runtime.find_pretrained``); a needed one missing is a PretrainedError.
     """
     if task is None:
         raise ValueError("create_model needs the TaskSpec (trainer.tasks.task_spec(name))")
@@ -65,4 +82,4 @@ def create_model(name: str, cfg: Any = None, task: TaskSpec | None = None, *, se
         cfg = model_config(name, cfg)
     elif not isinstance(cfg, cls.config_class):
         raise TypeError(f"model {name!r} takes a {cls.config_class.__name__}, got {type(cfg).__name__}")
-    return cls(cfg, task, seed=seed)
+    return cls(cfg, task, checkpoints=checkpoints)

@@ -7,6 +7,7 @@ from torch import nn
 
 from trainer.models.base import Batch, MedModel, check_batch
 from trainer.models.config import UnimodalConfig
+from trainer.models.pretrained import Checkpoints
 from trainer.models.registry import register_model
 from trainer.tasks import TaskSpec
 
@@ -21,7 +22,7 @@ class UniEHR(MedModel):
     config_class = UnimodalConfig
     causal = True
 
-    def __init__(self, cfg: UnimodalConfig, task: TaskSpec, seed: int | None = None):
+    def __init__(self, cfg: UnimodalConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
         super().__init__(cfg, task)
         self._build_ehr()
         self.classifier = nn.Linear(self.ehr_encoder.out_dim, task.num_outputs)
@@ -43,7 +44,7 @@ class UniCXR(MedModel):
     config_class = UnimodalConfig
     causal = True
 
-    def __init__(self, cfg: UnimodalConfig, task: TaskSpec, seed: int | None = None):
+    def __init__(self, cfg: UnimodalConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
         super().__init__(cfg, task)
         self._build_cxr()
         self.classifier = nn.Linear(self.cxr_encoder.out_dim, task.num_outputs)
