@@ -33,7 +33,7 @@ from shards.write import identity_normalizer, write_dataset
 from trainer import checkpoint as ckpt
 from trainer import rescore, runtime, scoring, train
 from trainer.config import load_run_config
-from trainer.data import build_data
+from trainer.data import DataError, build_data
 from trainer.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,3 +236,30 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     b = pd.read_parquet(run_dir / "predictions.parquet")
     pd.testing.assert_frame_equal(a, b)
     shutil.rmtree(root)
+
+
+def test_image_and_feature_sizes_are_checked_where_they_meet(shard_root, tmp_path):
+    """Shards (manifest image_size / n_features) -> loader resize / crop -> ViT input size."""
+    with pytest.raises(ConfigError, match="image_crop"):
+        load_run_config(["task=ihm", "data.image_resize=64", "data.image_crop=96"])
+    upscale = load_run_config(["task=ihm", *words(shard_root, tmp_path), "data.image_resize=128"])
+    with pytest.raises(DataError, match="would upscale them"):
+        build_data(upscale, CPU)
+    wide = tmp_path / "wide"
+    shutil.copytree(shard_root, wide)
+    manifest = json.loads((wide / "manifest.json").read_text())
+    (wide / "manifest.json").write_text(json.dumps({**manifest, "n_features": 48}))
+    with pytest.raises(DataError, match="48 EHR features"):
+        build_data(load_run_config(["task=ihm", *words(wide, tmp_path)]), CPU)
+    vit = load_run_config(
+        [
+            "task=ihm",
+            *words(shard_root, tmp_path),
+            "model=uni_cxr",
+            "model.cxr_encoder=vit",
+            "model.vit_image_size=64",
+        ]
+    )
+    with pytest.raises(ConfigError, match="vit_image_size=64 differs from data.image_crop=56"):
+        runtime.build_model(vit)
+    assert build_data(load_run_config(["task=ihm", *words(shard_root, tmp_path)]), CPU).steps_per_epoch > 0

@@ -50,7 +50,7 @@ def score_model(
 
     Predictions (and metrics.json) go to ``out_dir`` when given; rank 0 returns the metrics."""
     data = build_data(cfg, ctx)
-    mode = cfg.train.hourly_mode if cfg.spec.hourly else "sample"
+    mode = cfg.spec.mode(cfg.train.hourly_mode)
     scoring.check_mode(model, mode)
     model = model.to(ctx.device)
     results: dict[str, Any] = {"task": cfg.task, "model": cfg.model.name, "seed": cfg.train.seed}

@@ -80,6 +80,25 @@ def find_pretrained(
     }
 
 
+def check_input_sizes(model_cfg: Any, cfg: RunConfig) -> None:
+    """The model's input sizes against what the loader feeds it: 76 EHR features per bin, and a
+    ViT's patch grid against the crop (a mismatch would only surface at the first forward)."""
+    from shards.record import N_FEATURES
+    from trainer.models.config import EncoderConfig
+
+    if not isinstance(model_cfg, EncoderConfig):
+        return
+    if model_cfg.ehr_input_dim != N_FEATURES:
+        raise typed.ConfigError(
+            f"model.ehr_input_dim={model_cfg.ehr_input_dim}, but the shards hold {N_FEATURES} features per bin"
+        )
+    if model_cfg.cxr_encoder == "vit" and model_cfg.vit_image_size != cfg.data.image_crop:
+        raise typed.ConfigError(
+            f"model.vit_image_size={model_cfg.vit_image_size} differs from data.image_crop={cfg.data.image_crop}: "
+            "set both to the same size"
+        )
+
+
 def build_model(cfg: RunConfig, name: str | None = None, args: dict[str, Any] | None = None) -> nn.Module:
     """The model ``cfg`` names (or ``name`` with ``args``, e.g. a checkpoint's own), handed the
     checkpoint files it starts from."""
@@ -87,6 +106,7 @@ def build_model(cfg: RunConfig, name: str | None = None, args: dict[str, Any] | 
 
     name = name or cfg.model.name
     model_cfg = model_config(name, dict(cfg.model.args if args is None else args))
+    check_input_sizes(model_cfg, cfg)
     paths = find_pretrained(name, model_cfg, cfg.task, cfg.train.runs_dir, cfg.train.seed)
     return create_model(name, model_cfg, cfg.spec, checkpoints=paths)
 

@@ -106,7 +106,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, ctx: DistContext, model: nn.Module, data: Any):
         self.cfg, self.ctx, self.data, self.spec = cfg, ctx, data, cfg.spec
-        self.mode = cfg.train.hourly_mode if self.spec.hourly else "sample"
+        self.mode = self.spec.mode(cfg.train.hourly_mode)
         scoring.check_mode(model, self.mode)
         if not getattr(model, "trainable", True) or not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"model {cfg.model.name!r} has nothing to train; score it with trainer.rescore")
