@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from conf import typed
 from spark_jobs import delta_io, ingest, resources
 from spark_jobs.cohort import CohortConfig, build_stays
-from spark_jobs.cxr import build_cxr
+from spark_jobs.cxr import CxrConfig, build_cxr
 from spark_jobs.events import EventsConfig, build_events
 from spark_jobs.normalizer import NormalizerConfig, build_normalizer, latest_samples
 from spark_jobs.quality import Checked
@@ -60,6 +60,7 @@ class PipelineConfig:
     ingest: IngestTuning = field(default_factory=IngestTuning)
     cohort: CohortConfig = field(default_factory=CohortConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    cxr_stage: CxrConfig = field(default_factory=CxrConfig)
     samples: TasksConfig = field(default_factory=TasksConfig)
     normalizer: NormalizerConfig = field(default_factory=NormalizerConfig)
 
@@ -203,7 +204,9 @@ class Pipeline:
         self.checked_stage("events", "silver", "events", checked, rows_in, self.cfg.events)
 
     def cxr(self) -> None:
-        checked = build_cxr(self.read("bronze", "metadata"), self.read("bronze", "chexpert"))
+        checked = build_cxr(
+            self.read("bronze", "metadata"), self.read("bronze", "chexpert"), self.cfg.cxr_stage
+        )
         self.checked_stage(
             "cxr", "silver", "cxr", checked, self.count("bronze", "metadata"), self.cfg.samples
         )
