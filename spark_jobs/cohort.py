@@ -54,8 +54,10 @@ class CohortConfig:
     """How the cohort is selected, labelled and split.
 
     ``default``: anchor_age, mortality from deathtime / hospital_expire_flag, hash split.
-    ``parity`` (:meth:`parity`): also counts a ``dod`` inside the admission as an in-hospital
-    death, and takes the split from the reference subject lists.
+    ``parity`` (:meth:`parity`, conf/etl/parity.yaml): mortality from deathtime and a ``dod``
+    inside the admission, never hospital_expire_flag, as the references. The split stays the hash
+    split: the reference subject lists (``split_method="files"``) only mean something on real
+    MIMIC-IV ids, and the split changes neither samples, labels nor matrices.
     """
 
     min_age: int = 18
@@ -63,6 +65,8 @@ class CohortConfig:
     age_from_intime: bool = False
     # Count a patients.dod that falls inside [admittime, dischtime] as in-hospital death (references).
     count_dod: bool = False
+    # Count hospital_expire_flag = 1 as in-hospital death (SPEC §2.4); the references never read it.
+    count_expire_flag: bool = True
     split_method: Literal["hash", "files"] = "hash"
     # hash split: subject-level fractions; test gets the rest. The salt makes the split a choice
     # that can be changed on purpose (a new salt is a new split), never by accident.
@@ -86,8 +90,8 @@ class CohortConfig:
 
     @classmethod
     def parity(cls, **overrides) -> CohortConfig:
-        """The references' choices: dod counts, fixed MedMod split lists."""
-        return cls(**{"count_dod": True, "split_method": "files", **overrides})
+        """The references' mortality: deathtime or dod inside the admission, no expire flag."""
+        return cls(**{"count_dod": True, "count_expire_flag": False, **overrides})
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,19 +166,20 @@ def select_stays(
 # outcomes
 
 
-def add_outcomes(stays: DataFrame, count_dod: bool = False) -> DataFrame:
+def add_outcomes(stays: DataFrame, count_dod: bool = False, count_expire_flag: bool = True) -> DataFrame:
     """``mortality``, ``los_hours`` and ``death_hours`` (SPEC §2.4).
 
-    mortality = deathtime in [admittime, dischtime], or hospital_expire_flag = 1, or (only with
-    ``count_dod``) dod in [admittime, dischtime]. dod is a date: like the references it is compared
-    as midnight of that day, so a dod on the admission day itself only counts if admitted at 00:00.
+    mortality = deathtime in [admittime, dischtime], or (with ``count_expire_flag``)
+    hospital_expire_flag = 1, or (with ``count_dod``) dod in [admittime, dischtime]. dod is a
+    date: like the references it is compared as midnight of that day, so a dod on the admission
+    day itself only counts if admitted at 00:00.
     """
     from pyspark.sql import functions as F
 
     adm, dis = F.col("admittime"), F.col("dischtime")
-    died = (F.col("deathtime").isNotNull() & F.col("deathtime").between(adm, dis)) | (
-        F.coalesce(F.col("hospital_expire_flag"), F.lit(0)) == 1
-    )
+    died = F.col("deathtime").isNotNull() & F.col("deathtime").between(adm, dis)
+    if count_expire_flag:
+        died = died | (F.coalesce(F.col("hospital_expire_flag"), F.lit(0)) == 1)
     if count_dod:
         dod_ts = F.col("dod").cast("timestamp")
         died = died | (dod_ts.isNotNull() & dod_ts.between(adm, dis))
@@ -310,7 +315,7 @@ def build_stays(
 
     cfg = cfg or CohortConfig()
     selected = select_stays(icustays, admissions, patients, cfg)
-    stays = add_outcomes(selected.kept, cfg.count_dod)
+    stays = add_outcomes(selected.kept, cfg.count_dod, cfg.count_expire_flag)
     stays = add_phenotypes(stays, diagnoses)
     stays = assign_split(stays, cfg)
     typed = stays.select(

@@ -9,6 +9,7 @@ can apply its own uncertainty policy; an image whose study has no CheXpert row g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from spark_jobs.mimic_schema import CHEXPERT_LABELS
@@ -22,12 +23,25 @@ AP = "AP"
 COLUMNS = ("dicom_id", "subject_id", "study_id", "study_time", "view", "path", "labels")
 
 
-def study_time(study_date: Column, study_time_col: Column) -> Column:
+@dataclass
+class CxrConfig:
+    """How image times are read. :meth:`parity` copies the references' ``int(float(StudyTime))``."""
+
+    # Drop the fraction of a second of StudyTime, as the references do before pairing (an image
+    # 0.4 s after a window's end then falls inside it).
+    truncate_study_time: bool = False
+
+    @classmethod
+    def parity(cls, **overrides) -> CxrConfig:
+        return cls(**{"truncate_study_time": True, **overrides})
+
+
+def study_time(study_date: Column, study_time_col: Column, truncate: bool = False) -> Column:
     """StudyDate (YYYYMMDD int) + StudyTime (HHMMSS.fff float) as a timestamp; null if invalid.
 
     StudyTime drops its leading zeros as a number (``5923.5`` is 00:59:23.5), so hours, minutes
     and seconds are read positionally from the left-padded value. The fraction is kept to the
-    microsecond through a decimal, without float noise. Invalid parts (month 13, Feb 30, minute 60,
+    microsecond through a decimal, without float noise (``truncate``: dropped). Invalid parts (month 13, Feb 30, minute 60,
     negative or NaN times) give null rather than an error, also under ANSI mode.
     """
     from pyspark.sql import functions as F
@@ -41,7 +55,7 @@ def study_time(study_date: Column, study_time_col: Column) -> Column:
     hh = F.floor(whole / 10000).cast("long")
     mm = (F.floor(whole / 100) % 100).cast("long")
     ss = (whole % 100).cast("long")
-    micros_frac = ((dec - whole) * 1000000).cast("long")
+    micros_frac = F.lit(0) if truncate else ((dec - whole) * 1000000).cast("long")
     parts_ok = time_ok & (hh <= 23) & (mm <= 59) & (ss <= 59)
     micros = ((hh * 60 + mm) * 60 + ss) * 1000000 + micros_frac
     return F.when(parts_ok & day.isNotNull(), F.timestamp_micros(F.unix_micros(day) + micros))
@@ -97,7 +111,7 @@ def study_labels(chexpert: DataFrame) -> DataFrame:
     )
 
 
-def build_cxr(metadata: DataFrame, chexpert: DataFrame) -> Checked:
+def build_cxr(metadata: DataFrame, chexpert: DataFrame, cfg: CxrConfig | None = None) -> Checked:
     """Silver ``cxr`` from bronze metadata and chexpert; rejected: non-AP views and bad times.
 
     A non-AP image is reported by its view even when its time is also broken: it would be left
@@ -105,16 +119,18 @@ def build_cxr(metadata: DataFrame, chexpert: DataFrame) -> Checked:
     """
     from pyspark.sql import functions as F
 
+    cfg = cfg or CxrConfig()
+    when = study_time(F.col("StudyDate"), F.col("StudyTime"), cfg.truncate_study_time)
     reason = F.coalesce(
         view_reason(F.col("ViewPosition")),
-        F.when(study_time(F.col("StudyDate"), F.col("StudyTime")).isNull(), F.lit("bad_study_time")),
+        F.when(when.isNull(), F.lit("bad_study_time")),
     )
     checked = split_by(metadata, reason, STAGE, "metadata")
     images = checked.kept.select(
         F.col("dicom_id").cast("string").alias("dicom_id"),
         F.col("subject_id").cast("long").alias("subject_id"),
         F.col("study_id").cast("long").alias("study_id"),
-        study_time(F.col("StudyDate"), F.col("StudyTime")).alias("study_time"),
+        when.alias("study_time"),
         F.lit(AP).alias("view"),
         image_path(F.col("subject_id"), F.col("study_id"), F.col("dicom_id")).alias("path"),
     )

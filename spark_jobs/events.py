@@ -16,23 +16,26 @@ Steps and reject reasons, in the order they apply:
    when the lab has one. A lab with a null hadm_id attaches by subject and time window alone
    (MIMIC-IV leaves hadm_id null on many in-ICU labs; the window is the evidence; where two of
    a subject's stays overlap, the earlier stay keeps the overlap). Anything else — outside
-   every window, other admission, no charttime — is ``no_stay``.
+   every window, other admission, no charttime — is ``no_stay``. With ``null_hadm="drop"``
+   (parity) every event without hadm_id is ``null_hadm_id``, as in the reference.
 3. clean the value (reference rules, by itemid unit hint and ``valueuom``; height in -> cm is
    x2.54 without the reference's rounding to whole cm): ``missing_value``,
    ``non_numeric`` (e.g. glucose "ERROR", pH "<6.8"), ``unknown_category`` (a CRR or GCS text
-   outside the channel's list: counted, never a crash).
+   outside the channel's list: counted, never a crash). The parity flags read numbers from the
+   text (unsigned for glucose / pH / SpO2) and switch off the unit tests the reference never
+   fires (see :class:`EventsConfig`).
 4. outlier policy (default on): outside [OUTLIER LOW, OUTLIER HIGH] — ``outlier``; then clip to
    [VALID LOW, VALID HIGH]. Continuous channels only; categorical values are already validated
    against their value lists.
 5. duplicates (stay_id, charttime, variable): the row with the largest storetime, then itemid,
-   wins — the others are ``duplicate``.
+   wins (parity: the largest value, as the reference sorts it) — the others are ``duplicate``.
 6. derived GCS total (default preset): E + V + M of one stay charted at the same charttime.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from spark_jobs import resources
 from spark_jobs.quality import Checked, rejects
@@ -57,6 +60,16 @@ SPO2 = "Oxygen saturation"
 TEMP = "Temperature"
 WEIGHT = "Weight"
 GCS_COMPONENTS = (GCS_EYE, GCS_MOTOR, GCS_VERBAL)
+GLUCOSE, PH = "Glucose", "pH"
+# The channels the reference parses with its unsigned pattern (its clean_lab and clean_o2sat).
+UNSIGNED_CHANNELS = (GLUCOSE, PH, SPO2)
+# The channels the reference does not clean: their values stay text, so its duplicate sort
+# compares them as text.
+TEXT_CHANNELS = ("Heart Rate", "Respiratory rate", "Mean blood pressure", GCS_TOTAL, *GCS_COMPONENTS)
+
+NullHadm = Literal["attach", "drop"]
+Numbers = Literal["valuenum", "value"]
+Duplicates = Literal["storetime", "value"]
 
 # The raw columns both sources share (the record of a rejected row, and the attach input).
 RAW_COLUMNS = (
@@ -133,6 +146,8 @@ GCS_SCORES: dict[str, dict[str, int]] = {
 }
 
 _NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
+# The reference's pattern for the channels it cleans as labs and SpO2: no sign, no blanks.
+_UNSIGNED = r"^(\d+(\.\d*)?|\.\d+)$"
 _BP = r"^(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)$"
 LB_TO_KG = 0.453592
 IN_TO_CM = 2.54
@@ -140,21 +155,57 @@ IN_TO_CM = 2.54
 
 @dataclass
 class EventsConfig:
-    """How events are mapped and cleaned. :meth:`parity` reproduces the references' choices."""
+    """How events are mapped and cleaned. :meth:`parity` reproduces the published MedMod
+    extraction (SPEC §3 "What parity means"), its bugs included, so that matrices match it."""
 
     item_map: Literal["default", "parity"] = "default"
     # Drop values outside the outlier range, clip the rest to the valid range (variable_ranges).
     outliers: bool = True
     # Add GCS total = E + V + M where the three are charted at the same time in a stay.
     derive_gcs_total: bool = True
+    # Events without hadm_id: "attach" labs by subject and stay window (MIMIC-IV leaves hadm_id
+    # null on many in-ICU labs); "drop" them (``null_hadm_id``) as the reference's validate_events.
+    null_hadm: NullHadm = "attach"
+    # Where a number comes from: "valuenum" (else the text); "value": the text only, as the
+    # reference reads it, glucose / pH / SpO2 through its unsigned pattern (a negative is
+    # ``non_numeric``).
+    numbers: Numbers = "valuenum"
+    # The next three are the reference's unit tests that never fire on MIMIC-IV (they look for
+    # units in the valuenum column): False copies them.
+    # Temperature in F by unit (item 223761, valueuom); the value test (>= 79) applies either way.
+    fahrenheit_by_unit: bool = True
+    # Height in inches (item 226707, valueuom) -> cm.
+    height_inches: bool = True
+    # FiO2 / 100 only above 1 (a percentage); False divides every value, as the reference does.
+    fio2_percent_only: bool = True
+    # Duplicates at one (stay, charttime, variable): "storetime" keeps the latest stored row;
+    # "value" keeps the largest value, compared as the reference sorts it (text for the channels
+    # it does not clean, so "98" beats "100.5"; the cleaned number for the others).
+    duplicates: Duplicates = "storetime"
 
     def __post_init__(self) -> None:
         if self.item_map not in resources.ITEM_MAP_PRESETS:
             raise ValueError(f"item_map must be one of {resources.ITEM_MAP_PRESETS}, got {self.item_map!r}")
+        choices = {"null_hadm": NullHadm, "numbers": Numbers, "duplicates": Duplicates}
+        for name, literal in choices.items():
+            allowed = get_args(literal)
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
     def parity(cls, **overrides) -> EventsConfig:
-        return cls(**{"item_map": "parity", "outliers": False, "derive_gcs_total": False, **overrides})
+        reference = {
+            "item_map": "parity",
+            "outliers": False,
+            "derive_gcs_total": False,
+            "null_hadm": "drop",
+            "numbers": "value",
+            "fahrenheit_by_unit": False,
+            "height_inches": False,
+            "fio2_percent_only": False,
+            "duplicates": "value",
+        }
+        return cls(**{**reference, **overrides})
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,10 +357,12 @@ def map_items(raw: DataFrame, item_map: str = "default") -> Checked:
     return _split(joined, F.when(F.col("variable").isNull(), "item_not_in_map"))
 
 
-def attach_stays(mapped: DataFrame, stays: DataFrame) -> Checked:
+def attach_stays(mapped: DataFrame, stays: DataFrame, null_hadm: NullHadm = "attach") -> Checked:
     """The stay of each event (see the module docstring) as ``stay_id``/``subject_id`` + ``hours``.
 
     chartevents rejects: ``stay_not_in_cohort``, ``missing_charttime``; labevents: ``no_stay``.
+    ``null_hadm="drop"``: any event without hadm_id is ``null_hadm_id`` instead, as in the
+    reference's validate_events.
     """
     from pyspark.sql import functions as F
 
@@ -319,13 +372,18 @@ def attach_stays(mapped: DataFrame, stays: DataFrame) -> Checked:
     chart = mapped.where(F.col("source") == CHART).join(
         windows, F.col("stay_id") == F.col("__stay_id"), "left"
     )
-    chart_reason = F.when(F.col("__stay_id").isNull(), "stay_not_in_cohort").when(
+    no_hadm = F.when(F.lit(null_hadm == "drop") & F.col("hadm_id").isNull(), "null_hadm_id")
+    chart_reason = no_hadm.when(F.col("__stay_id").isNull(), "stay_not_in_cohort").when(
         F.col("charttime").isNull(), "missing_charttime"
     )
 
     ct = F.col("charttime")
     own_admission = F.col("hadm_id") == F.col("__s_hadm")
-    by_time = F.col("hadm_id").isNull() & (F.col("__prev_out").isNull() | (ct > F.col("__prev_out")))
+    by_time = (
+        F.lit(null_hadm == "attach")
+        & F.col("hadm_id").isNull()
+        & (F.col("__prev_out").isNull() | (ct > F.col("__prev_out")))
+    )
     in_window = (
         (F.col("subject_id") == F.col("__s_subject"))
         & (ct >= F.col("__intime"))
@@ -333,7 +391,7 @@ def attach_stays(mapped: DataFrame, stays: DataFrame) -> Checked:
         & (own_admission | by_time)
     )
     lab = mapped.where(F.col("source") == LAB).join(windows, in_window, "left")
-    lab_reason = F.when(F.col("__stay_id").isNull(), "no_stay")
+    lab_reason = no_hadm.when(F.col("__stay_id").isNull(), "no_stay")
 
     charted, labs = _split(chart, chart_reason), _split(lab, lab_reason)
     both = charted.kept.unionByName(labs.kept)
@@ -350,22 +408,32 @@ def attach_stays(mapped: DataFrame, stays: DataFrame) -> Checked:
 # 3 + 4: values
 
 
-def _numeric(variable: Column) -> Column:
-    """The raw number: "a/b" blood pressure strings split, else valuenum, else value parsed."""
+def _numeric(variable: Column, numbers: Numbers = "valuenum") -> Column:
+    """The raw number: "a/b" blood pressure strings split, else valuenum, else value parsed.
+
+    ``numbers="value"`` reads the text alone, as the reference does; glucose, pH and SpO2 then
+    need its unsigned pattern on the untrimmed text, so "-95" and " 7.4" are not numbers.
+    """
     from pyspark.sql import functions as F
 
     text = F.trim(F.col("value"))
     parsed = F.when(text.rlike(_NUMBER), text.cast("double"))
+    if numbers == "value":
+        unsigned = F.col("value").rlike(_UNSIGNED)
+        number = F.when(~variable.isin(*UNSIGNED_CHANNELS) | unsigned, parsed)
+    else:
+        number = F.coalesce(F.col("valuenum"), parsed)
     is_bp = text.rlike(_BP)
     return (
         F.when((variable == SBP) & is_bp, F.regexp_extract(text, _BP, 1).cast("double"))
         .when((variable == DBP) & is_bp, F.regexp_extract(text, _BP, 2).cast("double"))
-        .otherwise(F.coalesce(F.col("valuenum"), parsed))
+        .otherwise(number)
     )
 
 
-def _converted(num: Column, variable: Column) -> Column:
-    """Unit conversions of SPEC §3, by the item's unit hint and the row's valueuom.
+def _converted(num: Column, variable: Column, cfg: EventsConfig) -> Column:
+    """Unit conversions of SPEC §3, by the item's unit hint and the row's valueuom; the three
+    unit flags of ``cfg`` switch off the tests the reference never fires.
 
     Written as (num + shift) * scale so that ``num`` appears a handful of times only: Spark
     inlines column definitions into later expressions, and repeated copies of a large expression
@@ -375,18 +443,18 @@ def _converted(num: Column, variable: Column) -> Column:
 
     unit = F.coalesce(F.col("__unit"), F.lit(""))
     uom = F.regexp_replace(F.lower(F.coalesce(F.col("valueuom"), F.lit(""))), "[^a-z]", "")
-    fahrenheit = (variable == TEMP) & (
-        (unit == "F") | uom.isin("f", "degf", "degreesf", "fahrenheit") | (num >= 79.0)
-    )
+    f_unit = (unit == "F") | uom.isin("f", "degf", "degreesf", "fahrenheit")
+    fahrenheit = (variable == TEMP) & ((f_unit & F.lit(cfg.fahrenheit_by_unit)) | (num >= 79.0))
     ounces = (unit == "oz") | uom.isin("oz", "ounce", "ounces")
     pounds = (unit == "lb") | uom.isin("lb", "lbs", "pound", "pounds")
-    inches = (unit == "in") | uom.isin("in", "inch", "inches")
+    inches = F.lit(cfg.height_inches) & ((unit == "in") | uom.isin("in", "inch", "inches"))
+    percent = ~F.lit(cfg.fio2_percent_only) | ((num > 1.0) & ~uom.contains("torr"))
     scale = (
         F.when(fahrenheit, 5.0 / 9.0)
         .when((variable == WEIGHT) & ounces, LB_TO_KG / 16.0)
         .when((variable == WEIGHT) & pounds, LB_TO_KG)
         .when((variable == HEIGHT) & inches, IN_TO_CM)
-        .when((variable == FIO2) & (num > 1.0) & ~uom.contains("torr"), 0.01)
+        .when((variable == FIO2) & percent, 0.01)
         .when((variable == SPO2) & (num <= 1.0), 100.0)
         .otherwise(1.0)
     )
@@ -413,7 +481,7 @@ def _categorical_value(variable: Column) -> Column:
     return F.coalesce(_lit_map(category_lookup()[0])[_category_key(variable)], from_number)
 
 
-def tag_values(events: DataFrame, outliers: bool = True) -> DataFrame:
+def tag_values(events: DataFrame, cfg: EventsConfig | None = None) -> DataFrame:
     """``events`` (with the item columns of :func:`map_items`) + ``__reason`` (null: keep) + the
     cleaned ``__value`` / ``__valuenum`` + ``__gcs_score``. No row is dropped here: the split
     happens after the duplicate window, so Spark cannot push the reason filter (and with it
@@ -424,14 +492,17 @@ def tag_values(events: DataFrame, outliers: bool = True) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
+    cfg = cfg or EventsConfig()
+    outliers = cfg.outliers
     variable = F.col("variable")
     df = events.withColumn("__categorical", F.coalesce(F.col("__categorical"), F.lit(False)))
     categorical = F.col("__categorical")
-    df = df.withColumn("__num", F.when(~categorical, _numeric(variable)))
-    df = df.withColumn("__x", _converted(F.col("__num"), variable))
+    df = df.withColumn("__num", F.when(~categorical, _numeric(variable, cfg.numbers)))
+    df = df.withColumn("__x", _converted(F.col("__num"), variable, cfg))
     df = df.withColumn("__cat", F.when(categorical, _categorical_value(variable)))
     x = F.col("__x")
-    empty = (F.col("value").isNull() | (F.trim(F.col("value")) == "")) & F.col("valuenum").isNull()
+    blank = F.col("value").isNull() | (F.trim(F.col("value")) == "")
+    empty = blank & (F.col("valuenum").isNull() | F.lit(cfg.numbers == "value"))
     outside = (x < F.col("__outlier_low")) | (x > F.col("__outlier_high"))
     reason = (
         F.when(empty, "missing_value")
@@ -462,17 +533,42 @@ def tag_values(events: DataFrame, outliers: bool = True) -> DataFrame:
 # 5 + 6: duplicates and derived GCS total
 
 
-def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True, persist: bool = False) -> Checked:
+def _duplicate_order(duplicates: Duplicates) -> list[Column]:
+    """Sort keys of one (stay_id, charttime, variable): the first row survives.
+
+    "storetime": the latest stored row, then the larger itemid. "value": the reference's
+    ``sort_values(value)`` + ``keep='last'``, i.e. the largest value — as text for the channels it
+    leaves text (its cleaned CRR is "0.0"/"1.0", whose text order is the numeric one), else the
+    cleaned number. The remaining keys only make a full tie come out the same every run.
+    """
+    from pyspark.sql import functions as F
+
+    variable = F.col("variable")
+    by_storetime = [F.col("storetime").desc_nulls_last(), F.col("itemid").desc()]
+    as_text = F.when(variable.isin(*TEXT_CHANNELS), F.col("value")).when(variable == CRR, F.col("__value"))
+    by_value = [as_text.desc_nulls_last(), F.col("__valuenum").desc_nulls_last()]
+    first = by_value if duplicates == "value" else by_storetime
+    rest = by_storetime if duplicates == "value" else []
+    return [
+        F.col("__reason").isNotNull().asc(),
+        *first,
+        *rest,
+        F.col("source").desc(),
+        F.col("__value").desc_nulls_last(),
+    ]
+
+
+def dedupe_and_derive(tagged: DataFrame, cfg: EventsConfig | None = None, persist: bool = False) -> Checked:
     """Kept events (contract columns) and rejects, from :func:`tag_values` output; one shuffle.
 
     Duplicates: among rows without a reason, one per (stay_id, charttime, variable) survives —
-    largest storetime, then itemid (then source and value, only so that a full tie is decided the
-    same way every run); the others are ``duplicate``. Rows that already have a reason never win.
+    by ``cfg.duplicates`` (:func:`_duplicate_order`); the others are ``duplicate``. Rows that
+    already have a reason never win.
 
-    Derived GCS total (``derive_gcs_total``): where the surviving eye, motor and verbal rows of a
-    (stay_id, charttime) are all present and no GCS total is charted then, the eye row also emits
-    a total row (itemid -1, source ``derived``, value = E + V + M as text). Both windows run on
-    one partitioning by (stay_id, charttime), so events are shuffled once.
+    Derived GCS total (``cfg.derive_gcs_total``): where the surviving eye, motor and verbal rows
+    of a (stay_id, charttime) are all present and no GCS total is charted then, the eye row also
+    emits a total row (itemid -1, source ``derived``, value = E + V + M as text). Both windows run
+    on one partitioning by (stay_id, charttime), so events are shuffled once.
 
     ``persist``: keep the ranked rows (memory, spilling to disk) so that the kept and the rejected
     half share one shuffle; the caller calls ``release()`` on the result when both are written.
@@ -480,12 +576,9 @@ def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True, persist:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    cfg = cfg or EventsConfig()
     per_variable = Window.partitionBy("stay_id", "charttime", "variable").orderBy(
-        F.col("__reason").isNotNull().asc(),
-        F.col("storetime").desc_nulls_last(),
-        F.col("itemid").desc(),
-        F.col("source").desc(),
-        F.col("__value").desc_nulls_last(),
+        *_duplicate_order(cfg.duplicates)
     )
     per_time = Window.partitionBy("stay_id", "charttime")
     ranked = tagged.repartition("stay_id", "charttime").withColumn(
@@ -497,7 +590,7 @@ def dedupe_and_derive(tagged: DataFrame, derive_gcs_total: bool = True, persist:
     out = _split(ranked, reason)
     variable = F.col("variable")
     kept = out.kept
-    if derive_gcs_total:
+    if cfg.derive_gcs_total:
         # kept rows are already one per variable, and still partitioned by (stay_id, charttime).
         comp = variable.isin(*GCS_COMPONENTS)
         kept = (
@@ -539,7 +632,7 @@ def clean_values(events: DataFrame, outliers: bool = True) -> Checked:
     the duplicate rule or derived rows: the cleaning rules alone, for callers and tests."""
     from pyspark.sql import functions as F
 
-    out = _split(tag_values(events, outliers), F.col("__reason"), drop=("__reason",))
+    out = _split(tag_values(events, EventsConfig(outliers=outliers)), F.col("__reason"), drop=("__reason",))
     kept = out.kept.withColumn("value", F.col("__value")).withColumn("valuenum", F.col("__valuenum"))
     return Checked(kept.drop("__value", "__valuenum"), out.rejected)
 
@@ -564,7 +657,7 @@ def build_events(
     """
     cfg = cfg or EventsConfig()
     mapped = map_items(raw_events(chartevents, labevents), cfg.item_map)
-    attached = attach_stays(mapped.kept, stays)
-    final = dedupe_and_derive(tag_values(attached.kept, cfg.outliers), cfg.derive_gcs_total, persist)
+    attached = attach_stays(mapped.kept, stays, cfg.null_hadm)
+    final = dedupe_and_derive(tag_values(attached.kept, cfg), cfg, persist)
     rejected = mapped.rejected.unionByName(attached.rejected).unionByName(final.rejected)
     return Checked(final.kept.select(*EVENTS_COLUMNS), rejected, final.persisted)

@@ -24,7 +24,7 @@ from conf import typed
 from conf.tasks import TASK_NAMES, task_spec, unknown_tasks
 from spark_jobs import delta_io, ingest, resources
 from spark_jobs.cohort import CohortConfig, build_stays
-from spark_jobs.cxr import build_cxr
+from spark_jobs.cxr import CxrConfig, build_cxr
 from spark_jobs.events import EventsConfig, build_events
 from spark_jobs.normalizer import NormalizerConfig, build_normalizer
 from spark_jobs.quality import Checked
@@ -61,6 +61,7 @@ class PipelineConfig:
     ingest: IngestTuning = field(default_factory=IngestTuning)
     cohort: CohortConfig = field(default_factory=CohortConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    cxr_stage: CxrConfig = field(default_factory=CxrConfig)
     samples: TasksConfig = field(default_factory=TasksConfig)
     normalizer: NormalizerConfig = field(default_factory=NormalizerConfig)
 
@@ -204,7 +205,9 @@ class Pipeline:
         self.checked_stage("events", "silver", "events", checked, rows_in, self.cfg.events)
 
     def cxr(self) -> None:
-        checked = build_cxr(self.read("bronze", "metadata"), self.read("bronze", "chexpert"))
+        checked = build_cxr(
+            self.read("bronze", "metadata"), self.read("bronze", "chexpert"), self.cfg.cxr_stage
+        )
         self.checked_stage(
             "cxr", "silver", "cxr", checked, self.count("bronze", "metadata"), self.cfg.samples
         )

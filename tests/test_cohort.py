@@ -200,6 +200,13 @@ def test_mortality_los_and_death_hours(spark):
     }
     assert with_dod == {1: 1, 2: 1, 3: 1, 4: 0, 5: 0, 6: 0}
 
+    parity = CohortConfig.parity()
+    reference = {
+        r["stay_id"]: r["mortality"]
+        for r in add_outcomes(_outcome_rows(spark), parity.count_dod, parity.count_expire_flag).collect()
+    }
+    assert reference == {1: 1, 2: 0, 3: 1, 4: 0, 5: 0, 6: 0}, "the references never read the flag"
+
 
 def test_phenotypes_by_icd_version(spark):
     names = resources.phenotype_names()
@@ -257,14 +264,15 @@ def test_split_from_files(spark, tmp_path):
 def test_build_stays_contract_and_reference_split(spark):
     # 14851532 is flagged 1 in the shipped MedMod test list.
     icu = frame(spark, "icustays", [stay(1, 10, 14851532), stay(2, 20, 777, first="MICU", last="CCU")])
-    adm = frame(spark, "admissions", [admission(10, 14851532, flag=1), admission(20, 777)])
+    died = T0 + timedelta(hours=20)
+    adm = frame(spark, "admissions", [admission(10, 14851532, deathtime=died, flag=1), admission(20, 777)])
     pat = frame(spark, "patients", [patient(14851532), patient(777)])
     dx = frame(
         spark,
         "diagnoses_icd",
         [dict(subject_id=14851532, hadm_id=10, seq_num=1, icd_code="78552", icd_version=9)],
     )
-    out = build_stays(icu, adm, pat, dx, CohortConfig.parity())
+    out = build_stays(icu, adm, pat, dx, CohortConfig.parity(split_method="files"))
 
     assert tuple(out.kept.columns) == STAYS_COLUMNS
     types = dict(out.kept.dtypes)

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from spark_jobs.cxr import build_cxr
+from spark_jobs.cxr import CxrConfig, build_cxr
 from spark_jobs.mimic_schema import CHEXPERT_LABELS, CXR_TABLES, cxr_image_relpath
 
 
@@ -104,3 +104,16 @@ def test_path_view_and_raw_labels(result):
     assert kept["d13"]["labels"] == labels_b
     assert kept["d14"]["labels"] is None
     assert len(CHEXPERT_LABELS) == 14
+
+
+def test_parity_truncates_study_time_to_whole_seconds(spark):
+    """The references pair with ``int(float(StudyTime))``: the fraction of a second goes."""
+    rows = [
+        meta("d01", 10000032, 50000001, "AP", 21800101, 5923.5),
+        meta("d02", 1, 2, "AP", 21800101, 235959.999),
+    ]
+    chexpert = spark.createDataFrame([], _ddl("chexpert"))
+    checked = build_cxr(spark.createDataFrame(rows, _ddl("metadata")), chexpert, CxrConfig.parity())
+    got = {r["dicom_id"]: r["study_time"] for r in checked.kept.collect()}
+    assert got == {"d01": dt.datetime(2180, 1, 1, 0, 59, 23), "d02": dt.datetime(2180, 1, 1, 23, 59, 59)}
+    assert CxrConfig().truncate_study_time is False

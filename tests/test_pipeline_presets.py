@@ -30,12 +30,25 @@ def test_v1_layout_is_detected_and_ingested(parity_run):
     assert ingested["chartevents"].kept > 0
 
 
+GCS_COMPONENTS = {
+    "Glascow coma scale eye opening",
+    "Glascow coma scale motor response",
+    "Glascow coma scale verbal response",
+}
+
+
 def test_parity_keeps_what_the_default_cleans(spark, parity_run):
     out, _ = parity_run
     events = _table(spark, out, "silver/events")
-    assert not (events.source == "derived").any(), "parity derives no GCS total"
     quarantine = _table(spark, out, "silver/quarantine")
-    assert not (quarantine.reason == "outlier").any(), "parity applies no outlier ranges"
+    # What the absences below are about is there: GCS components to derive from, labs, rejects.
+    assert GCS_COMPONENTS <= set(events.variable), "GCS components are charted"
+    assert (events.source == "labevents").any() and (events.source == "chartevents").any()
+    assert events.itemid.isin([51478, 51491]).any(), "parity map keeps urine glucose/pH"
+    reasons = set(quarantine.reason)
+    assert {"duplicate", "null_hadm_id", "item_not_in_map"} <= reasons, reasons
+    assert not (events.source == "derived").any(), "parity derives no GCS total"
+    assert "outlier" not in reasons, "parity applies no outlier ranges"
     assert not events.itemid.isin([223951, 224308]).any(), "parity map has no MetaVision capillary refill"
 
 
