@@ -87,9 +87,9 @@ def wrap_forward(model: nn.Module, mode: str, cfg: RunConfig, ctx: DistContext) 
         forward = torch.compile(forward)
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        # Unused parameters happen by design (e.g. the learned missing-image vector in a batch
-        # where every image is present), so DDP must not expect every gradient each step.
-        forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
+        # Every model keeps all its weights in the graph (zero gradients where unused), so DDP
+        # skips the per-step graph walk that find_unused_parameters costs (tests/test_ddp.py).
+        forward = DistributedDataParallel(forward, device_ids=ids)
     return forward
 
 
