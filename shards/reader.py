@@ -326,9 +326,22 @@ def shard_dataset(
     if cfg.mode == "sequence" and not task_spec(cfg.task).hourly:
         raise ValueError(f"sequence mode is for hourly tasks {HOURLY_TASKS}, not {cfg.task!r}")
     handler = log_and_continue if cfg.is_train else reraise
-    urls = [join(root, name) for name in rank_shards(manifest, cfg, rank, world_size)]
     seed = cfg.seed * 7919 + rank
     decoder = Decoder(cfg.task, task_info["normalizer"], ImageTransform(cfg.is_train, cfg.image), seed)
+    stages: list[Any] = [*_record_stages(root, cfg, rank, world_size, manifest)]
+    stages.append(wds.map(decoder, handler=handler))
+    if cfg.mode == "sample" and task_spec(cfg.task).hourly:
+        stages.append(_expand)
+        if cfg.is_train:
+            stages.append(wds.shuffle(cfg.shuffle_buffer, rng=random.Random(seed + 1)))
+    return wds.DataPipeline(*stages)
+
+
+def _record_stages(root: str, cfg: ReaderConfig, rank: int, world_size: int, manifest: dict) -> list[Any]:
+    """Shard list -> fsspec streams -> tar members grouped by record key (-> shuffle when training)."""
+    handler = log_and_continue if cfg.is_train else reraise
+    urls = [join(root, name) for name in rank_shards(manifest, cfg, rank, world_size)]
+    seed = cfg.seed * 7919 + rank
     stages: list[Any] = [
         _shard_source(urls, cfg.is_train, cfg.repeat, seed),
         wds.split_by_worker,
@@ -339,12 +352,17 @@ def shard_dataset(
         stages.append(
             wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), rng=random.Random(seed))
         )
-    stages.append(wds.map(decoder, handler=handler))
-    if cfg.mode == "sample" and task_spec(cfg.task).hourly:
-        stages.append(_expand)
-        if cfg.is_train:
-            stages.append(wds.shuffle(cfg.shuffle_buffer, rng=random.Random(seed + 1)))
-    return wds.DataPipeline(*stages)
+    return stages
+
+
+def record_stream(
+    root: str, cfg: ReaderConfig, rank: int = 0, world_size: int = 1, manifest: dict | None = None
+) -> wds.DataPipeline:
+    """This rank's undecoded records (``{"ehr.npy": bytes, "cxr.jpg": bytes, ...}``) through
+    fsspec, local or ``s3://``: what a reader that decodes elsewhere (DALI's external source)
+    consumes, in the same order and with the same shard plan as :func:`shard_dataset`."""
+    manifest = manifest or read_manifest(root)
+    return wds.DataPipeline(*_record_stages(root, cfg, rank, world_size, manifest))
 
 
 def _expander(handler: Callable[[Exception], bool]):

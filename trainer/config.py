@@ -29,6 +29,8 @@ class DataConfig:
     shards: str = ""  # root holding <task>/<split>/*.tar and manifest.json (local path or s3://)
     loader: Literal["wds", "dali"] = "wds"
     dali_device: Literal["cpu", "mixed"] = "cpu"
+    dali_threads: int = 0  # 0: this rank's share of the node's cores (shards.dali.size_resources)
+    dali_prefetch: int = 2  # batches DALI decodes ahead per rank
     batch_size: int = 16
     eval_batch_size: int = 64
     num_workers: int = 2

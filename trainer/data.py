@@ -137,6 +137,9 @@ def _dali_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mod
     except ImportError as err:
         raise DataError(f"data.loader=dali needs shards.dali and nvidia-dali ({err})") from err
 
+    if cfg.data.dali_device == "mixed" and ctx.device.type != "cuda":
+        raise DataError(f"data.dali_device=mixed decodes on the GPU, but this run trains on {ctx.device}")
+
     def passes(split: str, train: bool, seed: int, batch_size: int) -> Iterator[Batch]:
         for n in count() if train else range(1):
             reader = _reader_config(cfg, mode, split, train, seed + 7 * n)
@@ -147,8 +150,10 @@ def _dali_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mod
                 ctx.rank,
                 ctx.world_size,
                 device=cfg.data.dali_device,
-                num_threads=max(1, cfg.data.num_workers),
+                num_threads=cfg.data.dali_threads,
                 manifest=manifest,
+                local_rank=ctx.local_rank,
+                prefetch=cfg.data.dali_prefetch,
             )
 
     return passes
