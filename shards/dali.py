@@ -361,9 +361,11 @@ def dali_loader(
     *,
     local_rank: int | None = None,
     prefetch: int = 2,
+    pin: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """FORMAT.md batches from DALI (sample mode expands hourly segments, like the wds reader).
-    With ``device="mixed"`` the image batch is a CUDA tensor and the rest is in pinned memory."""
+    With ``device="mixed"`` the image batch is a CUDA tensor and (``pin``) the rest is in
+    pinned memory."""
     samples = dali_samples(
         root,
         cfg,
@@ -379,7 +381,7 @@ def dali_loader(
     if cfg.mode == "sample":
         samples = (s for seg in samples for s in expand_hourly(seg))
     collate = collate_sequences if cfg.mode == "sequence" else collate_samples
-    finish = pin_host_tensors if device == "mixed" else (lambda b: b)
+    finish = pin_host_tensors if device == "mixed" and pin else (lambda b: b)
     batch: list[dict[str, Any]] = []
     for s in samples:
         batch.append(s)

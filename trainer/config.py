@@ -34,6 +34,8 @@ class DataConfig:
     batch_size: int = 16
     eval_batch_size: int = 64
     num_workers: int = 2
+    pin_memory: bool = True  # page-locked host batches (CUDA runs): non_blocking copies overlap compute
+    persistent_workers: bool = True  # eval loaders keep their workers between validations
     shuffle_buffer: int = 256
     image_resize: int = 256  # SPEC §10: resize short side, then center crop (tiny tests use 64/56)
     image_crop: int = 224
@@ -62,6 +64,9 @@ class TrainConfig:
     hourly_mode: Literal["sample", "sequence"] = "sample"
     amp: bool = False  # bf16 autocast
     compile: bool = False
+    channels_last: bool = True  # NHWC CNN weights and images (tensor cores; same results)
+    cudnn_benchmark: bool = True  # autotune conv kernels once (fixed image sizes); CUDA only
+    grad_accum_steps: int = 1  # batches per optimizer step: global batch = batch x world x this
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps: int = 0  # > 0: cap on total optimizer steps (smoke runs, benchmarks)
     log_every: int = 50

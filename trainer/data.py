@@ -93,24 +93,43 @@ def _wds_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mode
     from shards.reader import collate_samples, collate_sequences, shard_dataset
 
     collate = collate_sequences if mode == "sequence" else collate_samples
+    cache: dict[tuple[str, int, int], torch.utils.data.DataLoader] = {}
 
     def build(split: str, train: bool, seed: int, batch_size: int) -> torch.utils.data.DataLoader:
+        opts = loader_options(cfg, ctx, train)
+        key = (split, seed, batch_size)
+        if opts["persistent_workers"] and key in cache:
+            return cache[key]
         reader = _reader_config(cfg, mode, split, train, seed)
         ds = shard_dataset(cfg.data.shards, reader, ctx.rank, ctx.world_size, manifest)
-        workers = cfg.data.num_workers
-        return torch.utils.data.DataLoader(
+        loader = torch.utils.data.DataLoader(
             ds,
             batch_size=batch_size,
-            num_workers=workers,
             collate_fn=collate,
-            pin_memory=ctx.device.type == "cuda",
             # Our own generator: building a loader must not draw from the global torch RNG,
             # whose state a checkpoint restores.
             generator=torch.Generator().manual_seed(seed),
-            prefetch_factor=4 if workers else None,
+            **opts,
         )
+        if opts["persistent_workers"]:
+            cache[key] = loader
+        return loader
 
     return build
+
+
+def loader_options(cfg: RunConfig, ctx: DistContext, train: bool) -> dict[str, Any]:
+    """DataLoader settings from the config. Pinned memory only helps host-to-GPU copies.
+    Persistent workers only for evaluation: its loaders are rebuilt identically every
+    validation, so their workers can live on, while each training epoch has its own stream
+    (seeded by epoch) and a kept loader per epoch would only pile up idle workers."""
+    workers = cfg.data.num_workers
+    return {
+        "num_workers": workers,
+        "pin_memory": cfg.data.pin_memory and ctx.device.type == "cuda",
+        "persistent_workers": cfg.data.persistent_workers and workers > 0 and not train,
+        "prefetch_factor": 4 if workers else None,
+    }
 
 
 def _reader_config(cfg: RunConfig, mode: str, split: str, train: bool, seed: int) -> Any:
@@ -154,6 +173,7 @@ def _dali_loader(cfg: RunConfig, ctx: DistContext, manifest: dict[str, Any], mod
                 manifest=manifest,
                 local_rank=ctx.local_rank,
                 prefetch=cfg.data.dali_prefetch,
+                pin=cfg.data.pin_memory,
             )
 
     return passes

@@ -93,6 +93,37 @@ def wrap_forward(model: nn.Module, mode: str, cfg: RunConfig, ctx: DistContext) 
     return forward
 
 
+def apply_throughput_settings(model: nn.Module, cfg: RunConfig, ctx: DistContext) -> nn.Module:
+    """cuDNN autotuning (fixed image sizes: the fastest kernel is found once) and NHWC weights
+    for the CNN (tensor cores want channels-last; only 4-D weights change layout)."""
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_channels_last(batch: dict[str, Any]) -> dict[str, Any]:
+    """The image batch in the CNN's layout (a no-op copy-free view when it already is)."""
+    image = batch.get("image")
+    if torch.is_tensor(image) and image.dim() == 4:
+        batch = {**batch, "image": image.contiguous(memory_format=torch.channels_last)}
+    return batch
+
+
+def accumulation_rounds(batches_per_epoch: int, accum: int) -> int:
+    """Optimizer steps per epoch when each step takes ``accum`` batches (a global batch of
+    ``batch_size x world x accum``)."""
+    if accum < 1:
+        raise typed.ConfigError(f"train.grad_accum_steps must be >= 1, got {accum}")
+    steps = batches_per_epoch // accum
+    if steps < 1:
+        raise typed.ConfigError(
+            f"train.grad_accum_steps={accum} exceeds the {batches_per_epoch} batches of an epoch per rank"
+        )
+    return steps
+
+
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
@@ -110,7 +141,8 @@ class Trainer:
         scoring.check_mode(model, self.mode)
         if not getattr(model, "trainable", True) or not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"model {cfg.model.name!r} has nothing to train; score it with trainer.rescore")
-        self.model = model.to(ctx.device)
+        self.model = apply_throughput_settings(model.to(ctx.device), cfg, ctx)
+        self.accum = cfg.train.grad_accum_steps
         self.model_config = model_config_dict(model, cfg)
         self.forward = wrap_forward(self.model, self.mode, cfg, ctx)
         self.loss_fn = loss_for(self.spec)
@@ -119,7 +151,8 @@ class Trainer:
         # checkpoints happen once per round, so patience counts rounds.
         self.chunked = cfg.train.chunk_steps > 0
         self.unit = "chunk" if self.chunked else "epoch"
-        self.steps_per_round = cfg.train.chunk_steps if self.chunked else data.steps_per_epoch
+        epoch_steps = accumulation_rounds(data.steps_per_epoch, self.accum)
+        self.steps_per_round = cfg.train.chunk_steps if self.chunked else epoch_steps
         self.rounds = cfg.train.max_chunks if self.chunked else cfg.train.epochs
         total = self.rounds * self.steps_per_round
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
@@ -165,29 +198,43 @@ class Trainer:
         self.metrics.start_round()
         while self.step < target:
             t0 = time.perf_counter()
-            batch = next(stream)
+            batches = [next(stream) for _ in range(self.accum)]
             t1 = time.perf_counter()
-            loss, rows = self.train_step(batch)
+            loss, rows = self.train_step(batches)
             self.metrics.record_step(self.step, loss, rows, t1 - t0, time.perf_counter() - t1, self.lr)
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < target:
                 self.checkpointer.save(self.state_dict)
         self.round += 1
 
-    def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
-        """One optimizer step; returns the loss and the number of samples (hourly: hours) scored."""
-        batch = scoring.move(batch, self.ctx.device)
-        with self.autocast():
-            out = scoring.rows(self.mode, self.forward(batch), batch)
-            loss = self.loss_fn(out.logits.float(), out.y)
-        if any_rank(not bool(torch.isfinite(loss.detach())), self.ctx):
-            self._stop_on_nonfinite()
+    def train_step(self, batches: list[dict[str, Any]]) -> tuple[float, int]:
+        """One optimizer step over ``batches`` (gradient accumulation: each loss weighs 1/len, so
+        equal-sized batches give the gradient of their union); returns the mean loss and the
+        number of samples (hourly: hours) scored. DDP all-reduces once, on the last batch."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, rows = [], 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or not isinstance(self.forward, DistributedDataParallel)
+            with nullcontext() if sync else self.forward.no_sync():
+                loss, n = self._backward(batch, len(batches))
+            losses.append(loss)
+            rows += n
         if self.cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        return sum(losses) / len(losses), rows
+
+    def _backward(self, batch: dict[str, Any], parts: int) -> tuple[float, int]:
+        batch = scoring.move(batch, self.ctx.device)
+        if self.cfg.train.channels_last:
+            batch = to_channels_last(batch)
+        with self.autocast():
+            out = scoring.rows(self.mode, self.forward(batch), batch)
+            loss = self.loss_fn(out.logits.float(), out.y)
+        if any_rank(not bool(torch.isfinite(loss.detach())), self.ctx):
+            self._stop_on_nonfinite()
+        (loss / parts).backward()
         return float(loss.detach()), int(out.logits.shape[0])
 
     def _stop_on_nonfinite(self) -> NoReturn:
@@ -212,7 +259,7 @@ class Trainer:
     # ---------------------------------------------------------------- state and resume
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint content (``rng`` is added by the checkpointer, from every rank)."""
-        epoch, batch = divmod(self.step, self.data.steps_per_epoch)
+        epoch, batch = divmod(self.step * self.accum, self.data.steps_per_epoch)
         return {
             "model": self.model.state_dict(),
             "model_name": self.cfg.model.name,
@@ -223,7 +270,12 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "round": self.round,
-            "data": {"epoch": epoch, "batch": batch, "steps_per_epoch": self.data.steps_per_epoch},
+            "data": {
+                "epoch": epoch,
+                "batch": batch,
+                "steps_per_epoch": self.data.steps_per_epoch,
+                "grad_accum_steps": self.accum,
+            },
             **self.early_stopping.state_dict(),
             **self.metrics.state_dict(),
             "finished": self.finished,
@@ -231,6 +283,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_accum = state["data"].get("grad_accum_steps", 1)
+        if saved_accum != self.accum:
+            raise ckpt.CheckpointError(
+                f"checkpoint trained with train.grad_accum_steps={saved_accum}, this run has {self.accum}: "
+                "the data position would not line up (or train.resume=false to start over)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -257,7 +315,7 @@ class Trainer:
         The first epoch's iterator is created and advanced to the data position *now*, so that a
         resumed run restores its RNG state after the replay, exactly where the killed run was.
         """
-        epoch, skip = divmod(self.step, self.data.steps_per_epoch)
+        epoch, skip = divmod(self.step * self.accum, self.data.steps_per_epoch)
         first = self.data.train_iter(epoch, skip)
         later = (self.data.train_iter(e, 0) for e in itertools.count(epoch + 1))
         return itertools.chain(first, itertools.chain.from_iterable(later))
