@@ -27,7 +27,9 @@ LAYERS = ("bronze", "silver", "gold")
 
 def delta_tables(root: Path) -> set[str]:
     """``layer/table`` of every Delta table under ``root`` (and ``_quality``)."""
-    found = {f"{p.parent.parent.parent.name}/{p.parent.parent.name}" for p in root.glob("*/*/_delta_log/*.json")}
+    found = {
+        f"{p.parent.parent.parent.name}/{p.parent.parent.name}" for p in root.glob("*/*/_delta_log/*.json")
+    }
     found = {t for t in found if t.split("/")[0] in LAYERS}
     return found | ({"_quality"} if (root / "_quality" / "_delta_log").is_dir() else set())
 
@@ -64,7 +66,9 @@ def compare_tables(spark, a: Path, b: Path, ignore: set[str]) -> int:
         rows, only_a, only_b = diff_table(spark, str(a / name), str(b / name), name)
         same = only_a == 0 and only_b == 0
         problems += not same
-        print(f"{name:<28} {rows:>9,} rows  {'equal' if same else f'DIFFER: {only_a} only in A, {only_b} only in B'}")
+        print(
+            f"{name:<28} {rows:>9,} rows  {'equal' if same else f'DIFFER: {only_a} only in A, {only_b} only in B'}"
+        )
     return problems
 
 
