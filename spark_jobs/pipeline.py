@@ -180,7 +180,7 @@ class Pipeline:
             concurrency=self.cfg.ingest.concurrency,
             spread=self.cfg.ingest.spread,
         )
-        counts = ingest.run(self.spark, cfg, self.cfg.out)
+        counts = ingest.run(self.spark, cfg, self.cfg.out, self.metadata("ingest", cfg))
         for name, c in counts.items():
             rejected = {"rejected": c["rejected"]} if c["rejected"] else {}
             if c.get("filtered_out"):
