@@ -56,17 +56,17 @@ def _column_mapping(columns: list[str]) -> dict[str, str]:
     }
 
 
-def save_table(
+def write_table(
     df,
     path: str,
     metadata: dict[str, Any],
     partition_by: list[str] | None = None,
     replace_where: str | None = None,
     options: dict[str, Any] | None = None,
-) -> None:
+) -> int:
     """Overwrite ``path`` (or its ``replace_where`` slice) with ``df`` in one commit stamped with
-    ``metadata``. ``options``: further Delta writer options (``maxRecordsPerFile``, table
-    properties such as ``delta.dataSkippingNumIndexedCols``)."""
+    ``metadata``; return the rows written. ``options``: further Delta writer options
+    (``maxRecordsPerFile``, table properties such as ``delta.dataSkippingNumIndexedCols``)."""
     writer = (
         df.write.format("delta")
         .mode("overwrite")
@@ -81,18 +81,6 @@ def save_table(
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
-
-
-def write_table(
-    df,
-    path: str,
-    metadata: dict[str, Any],
-    partition_by: list[str] | None = None,
-    replace_where: str | None = None,
-    options: dict[str, Any] | None = None,
-) -> int:
-    """:func:`save_table`, then the rows it wrote, from the commit's metrics (no scan)."""
-    save_table(df, path, metadata, partition_by, replace_where, options)
     return last_commit_rows(df.sparkSession, path)
 
 

@@ -99,7 +99,7 @@ def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[s
         options["maxRecordsPerFile"] = plan.rows_per_file
     start = time.monotonic()
     with naming_files(plan.loc.files, what=f"reading table {plan.name} from", fs=fs):
-        delta_io.save_table(plan.staged, path, dict(metadata), options=options)
+        delta_io.write_table(plan.staged, path, dict(metadata), options=options)
     log.info("ingest %s: raw files read and staged in %.1fs", plan.name, time.monotonic() - start)
 
 
@@ -173,7 +173,7 @@ def write_quarantine(
         empty_rejects(spark),
     )
     this_run = "source IN (" + ", ".join(f"'{p.name}'" for p in plans) + ")"
-    delta_io.save_table(quarantine, bronze_path(out, QUARANTINE), dict(metadata), replace_where=this_run)
+    delta_io.write_table(quarantine, bronze_path(out, QUARANTINE), dict(metadata), replace_where=this_run)
 
 
 def drop_staging(spark: SparkSession, plans: Sequence[Plan], out: str) -> None:
