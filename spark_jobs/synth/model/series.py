@@ -269,20 +269,20 @@ class StaySeries:
         rng = self.rng
         kg = float(np.clip(rng.normal(81, 18), 35, 200))
         first = np.array([rng.uniform(0, 2)])
-        if rng.random() < 0.7:
-            self._numeric(out, "weight", first, 226512, [kg], 1, "kg")
-        else:
-            self._numeric(out, "weight", first, 226531, [kg / 0.453592], 1, "lbs")
+        self._either_unit(out, "weight", first, 0.7, 1, (226512, kg, "kg"), (226531, kg / 0.453592, "lbs"))
         if rng.random() < 0.5 and self.los_h > 24:
             daily = np.arange(24.0, self.los_h, 24.0)
             self._numeric(out, "weight", daily, 224639, kg + rng.normal(0, 1.5, len(daily)), 1, "kg")
         if rng.random() < 0.6:
             cm = float(np.clip(rng.normal(170, 10), 140, 205))
             at = np.array([rng.uniform(0, 4)])
-            if rng.random() < 0.5:
-                self._numeric(out, "height", at, 226730, [cm], 0, "cm")
-            else:
-                self._numeric(out, "height", at, 226707, [cm / 2.54], 0, "Inch")
+            self._either_unit(out, "height", at, 0.5, 0, (226730, cm, "cm"), (226707, cm / 2.54, "Inch"))
+
+    def _either_unit(self, out: Rows, kind: str, at, p_first: float, decimals: int, first, second) -> None:
+        """One measurement charted under one of two items (ICUs chart it in different units):
+        ``first`` / ``second`` are (itemid, value, uom), ``first`` with probability ``p_first``."""
+        itemid, value, uom = first if self.rng.random() < p_first else second
+        self._numeric(out, kind, at, itemid, [value], decimals, uom)
 
     def _unused_chart(self, out: Rows, hourly) -> None:
         rng = self.rng
