@@ -94,18 +94,18 @@ def bench_baseline(cxr: str, paths: list[str], samples: int, batch_size: int) ->
     import numpy as np
     import torch
     from PIL import Image
-    from torchvision import transforms as T
+    from torchvision import transforms
 
     from shards.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    tf = T.Compose(
+    tf = transforms.Compose(
         [
-            T.Resize(256),
-            T.RandomHorizontalFlip(),
-            T.RandomAffine(degrees=45, translate=(0.15, 0.15), scale=(0.85, 1.15)),
-            T.CenterCrop(224),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.Resize(256),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomAffine(degrees=45, translate=(0.15, 0.15), scale=(0.85, 1.15)),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
     ehr = torch.from_numpy(np.zeros((48, 76), np.float32))

@@ -40,14 +40,33 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Characters Delta cannot store in a column name on the basic protocol.
+_INVALID_NAME_CHARS = frozenset(" ,;{}()\n\t=")
+
+
+def _column_mapping(columns: list[str]) -> dict[str, str]:
+    """Writer options that keep names Delta cannot store as-is (CheXpert's ``Lung Lesion``),
+    through column mapping; other tables stay on the basic protocol every Delta reader knows."""
+    if not any(_INVALID_NAME_CHARS & set(c) for c in columns):
+        return {}
+    return {
+        "delta.columnMapping.mode": "name",
+        "delta.minReaderVersion": "2",
+        "delta.minWriterVersion": "5",
+    }
+
+
 def write_table(
     df,
     path: str,
     metadata: dict[str, Any],
     partition_by: list[str] | None = None,
     replace_where: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> int:
-    """Overwrite ``path`` (or its ``replace_where`` slice) with ``df``; return rows written."""
+    """Overwrite ``path`` (or its ``replace_where`` slice) with ``df`` in one commit stamped with
+    ``metadata``; return the rows written. ``options``: further Delta writer options
+    (``maxRecordsPerFile``, table properties such as ``delta.dataSkippingNumIndexedCols``)."""
     writer = (
         df.write.format("delta")
         .mode("overwrite")
@@ -57,6 +76,8 @@ def write_table(
         writer = writer.option("replaceWhere", replace_where)
     else:
         writer = writer.option("overwriteSchema", "true")
+    for key, value in {**_column_mapping(df.columns), **(options or {})}.items():
+        writer = writer.option(key, value)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
@@ -70,12 +91,6 @@ def last_commit_rows(spark, path: str) -> int:
     row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
     metrics = row["operationMetrics"] or {}
     return int(metrics.get("numOutputRows", 0))
-
-
-def table_version(spark, path: str) -> int:
-    from delta.tables import DeltaTable
-
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()["version"])
 
 
 def read_table(spark, path: str):

@@ -627,16 +627,6 @@ def dedupe_and_derive(tagged: DataFrame, cfg: EventsConfig | None = None, persis
     return Checked(events, out.rejected, (ranked,) if persist else ())
 
 
-def clean_values(events: DataFrame, outliers: bool = True) -> Checked:
-    """Cleaned ``value`` / ``valuenum`` (SPEC §3) and the rows that could not be cleaned, without
-    the duplicate rule or derived rows: the cleaning rules alone, for callers and tests."""
-    from pyspark.sql import functions as F
-
-    out = _split(tag_values(events, EventsConfig(outliers=outliers)), F.col("__reason"), drop=("__reason",))
-    kept = out.kept.withColumn("value", F.col("__value")).withColumn("valuenum", F.col("__valuenum"))
-    return Checked(kept.drop("__value", "__valuenum"), out.rejected)
-
-
 def build_events(
     chartevents: DataFrame,
     labevents: DataFrame,

@@ -66,9 +66,3 @@ def split_by(df: DataFrame, reason: Column, stage: str, source: str) -> Checked:
     bad = tagged.where(F.col("__reason").isNotNull())
     rejected = rejects(bad, stage, source, F.col("__reason"), record_columns=df.columns)
     return Checked(kept, rejected)
-
-
-def count_by_reason(rejected: DataFrame) -> dict[tuple[str, str, str], int]:
-    """{(stage, source, reason): n} — small, safe to collect."""
-    rows = rejected.groupBy("stage", "source", "reason").count().collect()
-    return {(r["stage"], r["source"], r["reason"]): r["count"] for r in rows}

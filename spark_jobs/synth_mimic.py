@@ -28,8 +28,8 @@ import fsspec
 import pandas as pd
 
 from spark_jobs.mimic_schema import CXR_TABLES, mimic_iv_tables
-from spark_jobs.synth import items as I
-from spark_jobs.synth import model as M
+from spark_jobs.synth import items
+from spark_jobs.synth.model import ICD, ModelConfig
 from spark_jobs.synth.tables import TRUTH_COLUMNS, ImageJob, chunk_tables
 
 log = logging.getLogger("medmod.synth")
@@ -81,7 +81,7 @@ def write_chunk(cfg: SynthConfig, chunk: int) -> dict[str, int]:
     first = chunk * cfg.chunk_size
     count = min(cfg.chunk_size, cfg.patients - first)
     tables, truth, jobs = chunk_tables(
-        M.ModelConfig(seed=cfg.seed, unused_scale=cfg.unused_scale), first, count, cfg.layout, cfg.image_size
+        ModelConfig(seed=cfg.seed, unused_scale=cfg.unused_scale), first, count, cfg.layout, cfg.image_size
     )
     fs, root = fsspec.core.url_to_fs(cfg.out)
     counts = {}
@@ -130,7 +130,7 @@ def _static_tables(layout: str) -> dict[str, pd.DataFrame]:
                 "lownormalvalue": None,
                 "highnormalvalue": None,
             }
-            for it in sorted(I.all_chart_items(), key=lambda i: i.itemid)
+            for it in sorted(items.all_chart_items(), key=lambda i: i.itemid)
         ]
     )
     d_lab = pd.DataFrame(
@@ -142,11 +142,11 @@ def _static_tables(layout: str) -> dict[str, pd.DataFrame]:
                 "category": it.category,
                 "loinc_code": "",
             }
-            for it in sorted(I.all_lab_items(), key=lambda i: i.itemid)
+            for it in sorted(items.all_lab_items(), key=lambda i: i.itemid)
         ]
     )
     icd_rows = []
-    for group, codes in M.ICD["benchmark_groups"].items():
+    for group, codes in ICD["benchmark_groups"].items():
         for version in (9, 10):
             icd_rows += [
                 {"icd_code": c, "icd_version": version, "long_title": f"{group} (synthetic title)"}
@@ -155,7 +155,7 @@ def _static_tables(layout: str) -> dict[str, pd.DataFrame]:
     for version in (9, 10):
         icd_rows += [
             {"icd_code": c, "icd_version": version, "long_title": "Other condition (synthetic title)"}
-            for c in M.ICD[f"other_icd{version}"]
+            for c in ICD[f"other_icd{version}"]
         ]
     d_icd = (
         pd.DataFrame(icd_rows)

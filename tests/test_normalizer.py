@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_jobs import normalizer as N
+from spark_jobs import normalizer
 from spark_jobs.timeseries import continuous_indices
 
 TS = "stay_id long, bin int, x array<float>"
@@ -57,12 +57,14 @@ def stats(spark):
         [("r:1:a", 1, "train", 1.5, 2), ("r:1:b", 1, "train", 2.5, 3), ("r:2:c", 2, "val", 0.5, 1)], SAMPLES
     )
     runs = {
-        "decomp": N.build_normalizer("decomp", samples, ts),
-        "radiology": N.build_normalizer("radiology", rad, wts),
-        "radiology_val": N.build_normalizer("radiology", rad, wts, N.NormalizerConfig(split="val")),
+        "decomp": normalizer.build_normalizer("decomp", samples, ts),
+        "radiology": normalizer.build_normalizer("radiology", rad, wts),
+        "radiology_val": normalizer.build_normalizer(
+            "radiology", rad, wts, normalizer.NormalizerConfig(split="val")
+        ),
     }
     for df in runs.values():
-        assert df.columns == list(N.COLUMNS)
+        assert df.columns == list(normalizer.COLUMNS)
     union = None
     for name, df in runs.items():
         part = df.withColumn("run", F.lit(name))
@@ -92,7 +94,7 @@ def test_radiology_uses_latest_window_and_single_row_floor(stats):
 
 def test_unknown_task_is_an_error():
     with pytest.raises(ValueError):
-        N.build_normalizer("mortality", None, None)
+        normalizer.build_normalizer("mortality", None, None)
 
 
 def test_latest_samples_pick_one_window_per_stay(spark):
@@ -108,5 +110,5 @@ def test_latest_samples_pick_one_window_per_stay(spark):
         ],
         SAMPLES,
     )
-    got = sorted(tuple(r) for r in N.latest_samples(rad, "train").collect())
+    got = sorted(tuple(r) for r in normalizer.latest_samples(rad, "train").collect())
     assert got == [("r:1:c", 1, 2.5), ("r:2:e", 2, 0.5)]

@@ -6,6 +6,7 @@ the ETL, so agreement here means the pipeline recovered what was planted.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -153,6 +154,21 @@ def test_quality_table_records_each_stage(spark, etl_run):
     assert q.run_id.nunique() == 1
 
 
+def test_bronze_commits_carry_the_run_id(spark, etl_run):
+    from delta.tables import DeltaTable
+
+    out, _ = etl_run
+    q = gold(spark, etl_run, "_quality")
+    (run_id,) = set(q[q.stage == "ingest"].run_id)
+    for table in ("patients", "chartevents", "quarantine"):
+        (commit,) = (
+            DeltaTable.forPath(spark, f"{out}/bronze/{table}").history(1).select("userMetadata").collect()
+        )
+        meta = json.loads(commit["userMetadata"])
+        assert (meta["stage"], meta["run_id"]) == ("ingest", run_id), table
+        assert meta["config"]["itemids"] and meta["config_hash"]
+
+
 def test_rerunning_a_stage_replaces_not_appends(spark, etl_run):
     from spark_jobs.pipeline import Pipeline
 
@@ -160,7 +176,10 @@ def test_rerunning_a_stage_replaces_not_appends(spark, etl_run):
     before = gold(spark, etl_run, "silver/stays").sort_values("stay_id").reset_index(drop=True)
     quarantine_before = spark.read.format("delta").load(f"{out}/silver/quarantine").count()
     cfg = _config(out, stages=["cohort"])
-    Pipeline(cfg, spark).run()
+    pipe = Pipeline(cfg, spark)
+    pipe.run()
+    assert list(pipe.stage_seconds) == ["cohort", "_quality"]
+    assert all(s > 0 for s in pipe.stage_seconds.values())
     after = gold(spark, etl_run, "silver/stays").sort_values("stay_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(before, after)
     assert spark.read.format("delta").load(f"{out}/silver/quarantine").count() == quarantine_before

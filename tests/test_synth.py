@@ -302,13 +302,13 @@ def test_unused_scale_multiplies_only_the_rows_of_unused_items():
     items alone, so a MIMIC-like mix only adds rows the ETL filters out. Counts are compared
     loosely: the extra rows draw from the stay's random stream (duplicate quirks, later stays)."""
     from spark_jobs import resources
-    from spark_jobs.synth import model as M
+    from spark_jobs.synth.model import ModelConfig
     from spark_jobs.synth.tables import chunk_tables
 
     used = {(m.itemid, m.linksto) for p in resources.ITEM_MAP_PRESETS for m in resources.item_map(p)}
 
     def counts(scale: int) -> dict[str, tuple[int, int]]:
-        tables, _, _ = chunk_tables(M.ModelConfig(seed=3, unused_scale=scale), 0, 6)
+        tables, _, _ = chunk_tables(ModelConfig(seed=3, unused_scale=scale), 0, 6)
         out = {}
         for name in ("chartevents", "labevents"):
             is_used = tables[name]["itemid"].astype(int).map(lambda i, n=name: (i, n) in used)

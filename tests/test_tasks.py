@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from spark_jobs import tasks as T
+from spark_jobs import tasks
 
 BASE = dt.datetime(2180, 1, 1, 0, 0, 0)
 STAYS = (
@@ -78,7 +78,7 @@ def frames(spark):
     )
     cxr = spark.createDataFrame(IMAGES, CXR)
     # computed once for the module (a real pipeline persists it too): fewer jobs on a shared machine
-    first = T.first_event_hours(events, stays).localCheckpoint(eager=True)
+    first = tasks.first_event_hours(events, stays).localCheckpoint(eager=True)
     return stays, first, cxr
 
 
@@ -100,8 +100,8 @@ def results(frames):
 
     kept, parts = {}, []
     for name, (task, cfg) in RUNS.items():
-        checked = T.build_samples(task, *frames, T.TasksConfig(**cfg))
-        assert checked.kept.columns == list(T.SAMPLE_COLUMNS)
+        checked = tasks.build_samples(task, *frames, tasks.TasksConfig(**cfg))
+        assert checked.kept.columns == list(tasks.SAMPLE_COLUMNS)
         kept[name] = checked.kept
         parts.append(
             checked.kept.withColumn("__reason", F.lit(None).cast("string")).withColumn("__run", F.lit(name))
@@ -216,7 +216,7 @@ def test_radiology_one_sample_per_image_in_stay(results):
     assert c["sample_id"] == "radiology:3:c" and c["hour"] == 20.0 and c["n_bins"] == 20
     assert c["y"] == [1.0, 1.0, 0.0, 0.0] + [0.0] * 10  # -1 -> 1 under uncertain_as=1, blank -> 0
     assert s["b"]["n_bins"] == 0 and s["b"]["has_image"] == 1  # image at exactly intime: empty EHR
-    windows = T.sample_windows(kept)
+    windows = tasks.sample_windows(kept)
     assert windows.columns == ["sample_id", "stay_id", "end_hours"]
 
 
@@ -226,7 +226,7 @@ def test_radiology_labels_default_policy(spark):
     raw = F.array(*[F.lit(v).cast("double") for v in (1.0, -1.0, 0.0, None)])
     row = (
         spark.range(1)
-        .select(T.radiology_labels(raw).alias("a"), T.radiology_labels(raw, 1).alias("b"))
+        .select(tasks.radiology_labels(raw).alias("a"), tasks.radiology_labels(raw, 1).alias("b"))
         .first()
     )
     assert row["a"] == [1.0, 0.0, 0.0, 0.0] and row["b"] == [1.0, 1.0, 0.0, 0.0]
@@ -235,15 +235,15 @@ def test_radiology_labels_default_policy(spark):
 def test_config_is_validated():
     from conf import typed
 
-    cfg = typed.build(T.TasksConfig, {"pairing": "last_in_stay", "paired": False, "uncertain_as": 1})
+    cfg = typed.build(tasks.TasksConfig, {"pairing": "last_in_stay", "paired": False, "uncertain_as": 1})
     assert (cfg.pairing, cfg.paired, cfg.uncertain_as, cfg.timestep) == ("last_in_stay", False, 1, 1.0)
     with pytest.raises(typed.ConfigError):
-        typed.build(T.TasksConfig, {"pairing": "future"})
+        typed.build(tasks.TasksConfig, {"pairing": "future"})
     with pytest.raises(typed.ConfigError):
-        typed.build(T.TasksConfig, {"ihm_hour": 48})
+        typed.build(tasks.TasksConfig, {"ihm_hour": 48})
     with pytest.raises(ValueError):
-        T.TasksConfig(pairing="future")
+        tasks.TasksConfig(pairing="future")
     with pytest.raises(ValueError):
-        T.TasksConfig(uncertain_as=2)
+        tasks.TasksConfig(uncertain_as=2)
     with pytest.raises(ValueError):
-        T.build_samples("mortality", None, None, None)
+        tasks.build_samples("mortality", None, None, None)

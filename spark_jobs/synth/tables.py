@@ -13,8 +13,22 @@ import numpy as np
 import pandas as pd
 
 from spark_jobs.mimic_schema import CHEXPERT_LABELS, CXR_TABLES, cxr_image_relpath, mimic_iv_tables
-from spark_jobs.synth import model as M
 from spark_jobs.synth.cxr_render import FINDINGS, image_shape
+from spark_jobs.synth.model import (
+    DAY,
+    HOUR,
+    LATENTS,
+    Admission,
+    Image,
+    ModelConfig,
+    Patient,
+    Rows,
+    Stay,
+    StaySeries,
+    chexpert_labels,
+    simulate_patient,
+    simulate_studies,
+)
 
 TRUTH_COLUMNS = {
     "stays": [
@@ -37,7 +51,7 @@ TRUTH_COLUMNS = {
         "icd_version",
         "phenotypes",
         "pheno_oracle",
-        *(f"latent_{k}" for k in (*M.LATENTS, "diab")),
+        *(f"latent_{k}" for k in (*LATENTS, "diab")),
     ],
     "images": [
         "dicom_id",
@@ -83,15 +97,15 @@ def _select(rows: list[dict] | pd.DataFrame, columns: list[str]) -> pd.DataFrame
     return df[columns]
 
 
-def chunk_tables(cfg: M.ModelConfig, first: int, count: int, layout: str = "v2", image_size: int = 512):
+def chunk_tables(cfg: ModelConfig, first: int, count: int, layout: str = "v2", image_size: int = 512):
     """Simulate patients ``first .. first+count-1``; return (tables, truth, image jobs)."""
     schema = mimic_iv_tables(layout)
     race_col = "ethnicity" if layout == "v1" else "race"
     patients, admissions, stays, diagnoses, truth_stays = [], [], [], [], []
-    chart, labs = M.Rows(), M.Rows()
+    chart, labs = Rows(), Rows()
     metadata, chexpert, splits, truth_images, jobs = [], [], [], [], []
     for index in range(first, first + count):
-        p = M.simulate_patient(cfg, index)
+        p = simulate_patient(cfg, index)
         rng = np.random.default_rng([cfg.seed, index, 3])
         patients.append(
             {
@@ -119,10 +133,10 @@ def chunk_tables(cfg: M.ModelConfig, first: int, count: int, layout: str = "v2",
             for st in adm.stays:
                 stays.append(_stay_row(p, adm, st))
                 truth_stays.append(_truth_stay(p, adm, st))
-                series = M.StaySeries(rng, cfg, p, adm, st)
+                series = StaySeries(rng, cfg, p, adm, st)
                 series.chart(chart)
                 series.labs(labs, lab_counter)
-        for img in M.simulate_studies(cfg, p):
+        for img in simulate_studies(cfg, p):
             _add_image(image_size, p, img, rng, metadata, chexpert, splits, truth_images, jobs)
     tables = {
         "patients": _select(patients, schema["patients"].column_names),
@@ -153,7 +167,7 @@ def _dedupe_studies(rows: list[dict], by_study: bool) -> list[dict]:
     return out
 
 
-def _admission_row(p: M.Patient, adm: M.Admission, race_col: str) -> dict:
+def _admission_row(p: Patient, adm: Admission, race_col: str) -> dict:
     f = adm.fields
     return {
         "subject_id": p.subject_id,
@@ -175,7 +189,7 @@ def _admission_row(p: M.Patient, adm: M.Admission, race_col: str) -> dict:
     }
 
 
-def _stay_row(p: M.Patient, adm: M.Admission, st: M.Stay) -> dict:
+def _stay_row(p: Patient, adm: Admission, st: Stay) -> dict:
     return {
         "subject_id": p.subject_id,
         "hadm_id": adm.hadm_id,
@@ -184,18 +198,18 @@ def _stay_row(p: M.Patient, adm: M.Admission, st: M.Stay) -> dict:
         "last_careunit": st.last_careunit,
         "intime": _ts(st.intime),
         "outtime": _ts(st.outtime),
-        "los": f"{(st.outtime - st.intime) / M.DAY:.10g}",
+        "los": f"{(st.outtime - st.intime) / DAY:.10g}",
     }
 
 
-def _truth_stay(p: M.Patient, adm: M.Admission, st: M.Stay) -> dict:
+def _truth_stay(p: Patient, adm: Admission, st: Stay) -> dict:
     row = {
         "subject_id": p.subject_id,
         "hadm_id": adm.hadm_id,
         "stay_id": st.stay_id,
         "intime": _ts(st.intime),
         "outtime": _ts(st.outtime),
-        "los_hours": (st.outtime - st.intime) / M.HOUR,
+        "los_hours": (st.outtime - st.intime) / HOUR,
         "age": p.anchor_age,
         "transfer": int(st.first_careunit != st.last_careunit),
         "stays_in_admission": len(adm.stays),
@@ -204,7 +218,7 @@ def _truth_stay(p: M.Patient, adm: M.Admission, st: M.Stay) -> dict:
         "deathtime_true": _ts(adm.deathtime),
         "deathtime_recorded": int(adm.deathtime_recorded),
         "death_hours": st.death_hours if st.death_hours is not None else np.nan,
-        "death_hours_true": (adm.deathtime - st.intime) / M.HOUR if adm.deathtime is not None else np.nan,
+        "death_hours_true": (adm.deathtime - st.intime) / HOUR if adm.deathtime is not None else np.nan,
         "ventilated": int(st.ventilated),
         "icd_version": adm.icd_version,
         "phenotypes": "".join(str(int(v)) for v in adm.phenotypes),
@@ -214,7 +228,7 @@ def _truth_stay(p: M.Patient, adm: M.Admission, st: M.Stay) -> dict:
     return row
 
 
-def _events_frame(rows: M.Rows, columns: list[str]) -> pd.DataFrame:
+def _events_frame(rows: Rows, columns: list[str]) -> pd.DataFrame:
     if not rows.cols:
         return _select([], columns)
     data = rows.concat()
@@ -227,7 +241,7 @@ def _events_frame(rows: M.Rows, columns: list[str]) -> pd.DataFrame:
 
 
 def _add_image(
-    image_size: int, p: M.Patient, img: M.Image, rng, metadata, chexpert, splits, truth_images, jobs
+    image_size: int, p: Patient, img: Image, rng, metadata, chexpert, splits, truth_images, jobs
 ) -> None:
     # Rows/Columns are those of the JPEG that will be written (long side = image_size).
     rows, cols = image_shape(img.seed, image_size)
@@ -258,7 +272,7 @@ def _add_image(
             "PatientOrientationCodeSequence_CodeMeaning": "Erect" if img.view != "AP" else "Recumbent",
         }
     )
-    labels = M.chexpert_labels(rng, img.findings, CHEXPERT_LABELS)
+    labels = chexpert_labels(rng, img.findings, CHEXPERT_LABELS)
     # Written as MIMIC writes them: "1.0", "0.0", "-1.0" or blank.
     texts = ["" if v is None else f"{v:.1f}" for v in labels]
     chexpert.append(

@@ -1,0 +1,165 @@
+"""The bronze stage: what to read (:class:`IngestConfig`), how each input is read (its plan), and
+:func:`run`, which reads every input once and writes bronze and its quarantine."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+from spark_jobs import delta_io
+from spark_jobs.ingest.files import HadoopFs, Located, is_compressed, locate, resolve_layout
+from spark_jobs.ingest.staging import STAGE, keep_wanted, read_raw, stage_rows
+from spark_jobs.ingest.writer import (
+    Plan,
+    count_staged,
+    drop_staging,
+    in_parallel,
+    write_bronze,
+    write_quarantine,
+    write_staging,
+)
+from spark_jobs.mimic_schema import CXR_TABLES, RawTable, mimic_iv_tables
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+EVENT_TABLES = frozenset({"chartevents", "labevents"})
+DEFAULT_TABLES = (
+    "patients",
+    "admissions",
+    "icustays",
+    "chartevents",
+    "labevents",
+    "diagnoses_icd",
+    "metadata",
+    "chexpert",
+    "split",
+)
+# Inputs smaller than this stay in the partitions they were read in: spreading them costs more
+# than the parallelism saves.
+_SPREAD_MIN_BYTES = 8 << 20
+# Files of the staging table of a filtered events table read by a single task: the task cuts its
+# output (no shuffle), so that the bronze write and the later stages read it in parallel.
+STAGING_ROWS_PER_FILE = 1_000_000
+
+
+@dataclass
+class IngestConfig:
+    """What the bronze stage reads.
+
+    ``raw`` is the MIMIC-IV root (the folder holding ``hosp/`` and ``icu/``, or ``core/`` for
+    v1.0), ``cxr`` the MIMIC-CXR-JPG root holding ``mimic-cxr-2.0.0-*.csv.gz``. Both may be
+    local paths or ``s3a://`` / ``s3://`` URLs. ``itemids``: keep only these items of the events
+    tables (None keeps all). ``concurrency``: how many tables are read / written at the same
+    time (0: as many as Spark has cores); a ``.csv.gz`` is one Spark task however big it is, so
+    reading the tables side by side is what keeps more than one core busy. ``spread``: the rows
+    of an input read by fewer tasks than Spark has cores (a ``.csv.gz``) are spread round-robin
+    over this many partitions, so that bronze gets as many files for the later stages to read in
+    parallel: right after parsing (typing and checking then use every core too); the events
+    tables filtered to ``itemids`` are not shuffled but written as files of at most
+    ``STAGING_ROWS_PER_FILE`` rows by the parsing task (0: two partitions per core, inputs of
+    8 MB and more; 1: off).
+    """
+
+    raw: str
+    cxr: str
+    layout: Literal["auto", "v1", "v2", "v3"] = "auto"
+    tables: list[str] = field(default_factory=lambda: list(DEFAULT_TABLES))
+    itemids: list[int] | None = None
+    concurrency: int = 0
+    spread: int = 0
+
+    def __post_init__(self) -> None:
+        known = set(mimic_iv_tables("v2")) | set(CXR_TABLES)
+        unknown = [t for t in self.tables if t not in known]
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; known: {sorted(known)}")
+        if self.concurrency < 0:
+            raise ValueError(f"concurrency must be >= 0 (0: one per core), got {self.concurrency}")
+        if self.spread < 0:
+            raise ValueError(f"spread must be >= 0 (0: two partitions per core), got {self.spread}")
+
+
+def _table(cfg: IngestConfig, name: str, layout: str) -> tuple[str, RawTable]:
+    if name in CXR_TABLES:
+        return cfg.cxr, CXR_TABLES[name]
+    return cfg.raw, mimic_iv_tables(layout)[name]
+
+
+def spread_partitions(cores: int, loc: Located, size: int, spread: int) -> int:
+    """Partitions to spread an input of ``size`` bytes over: ``spread`` (0: two per core) for a
+    big input read by a single task, else 1 (leave the rows where they were read)."""
+    # gzip & co. cannot be split: one task per file, however big (bzip2 can be split).
+    unsplittable = all(is_compressed(f) and not f.endswith(".bz2") for f in loc.files)
+    single_task = loc.format == "csv" and unsplittable and len(loc.files) < cores
+    small = spread == 0 and size < _SPREAD_MIN_BYTES  # auto skips small inputs
+    return 1 if not single_task or small else max(spread or 2 * cores, 1)
+
+
+def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Plan:
+    """Locate table ``name``, check its header and build the frame its one raw pass writes."""
+    root, table = _table(cfg, name, layout)
+    loc = locate(spark, root, table)
+    log.info("ingest %s: %s (%s, %d file(s))", name, loc.path, loc.format, len(loc.files))
+    size = HadoopFs(spark).size(loc.files)
+    raw, unused = read_raw(spark, loc, table), None
+    partitions = spread_partitions(spark.sparkContext.defaultParallelism, loc, size, cfg.spread)
+    if name in EVENT_TABLES and cfg.itemids is not None:
+        # The task that parses also types the few rows worth it (on MIMIC, ~18% of
+        # chartevents): spreading every raw row would cost more than it saves. It writes them
+        # to several files instead, so that the later reads are parallel.
+        raw, unused = keep_wanted(raw, cfg.itemids)
+        rows_per_file = STAGING_ROWS_PER_FILE if partitions > 1 else 0
+    else:
+        raw, rows_per_file = raw.repartition(partitions) if partitions > 1 else raw, 0
+    return Plan(name, table, loc, size, stage_rows(raw, table), unused, rows_per_file)
+
+
+def default_metadata(cfg: IngestConfig) -> dict[str, Any]:
+    """Commit metadata of a run outside the pipeline (which passes its own, with its run id)."""
+    return {"stage": STAGE, "code_version": delta_io.code_version(), "config": dataclasses.asdict(cfg)}
+
+
+def run(
+    spark: SparkSession, cfg: IngestConfig, out: str, metadata: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, int]]:
+    """Write ``<out>/bronze/<table>`` for every configured table and ``<out>/bronze/quarantine``.
+
+    Returns {table: {rows_in, kept, rejected, filtered_out}} with rows_in = kept + rejected +
+    filtered_out (filtered_out: events of items outside ``cfg.itemids``), checked here against
+    the rows read and written. Each raw input is read once: its rows, typed and tagged with
+    their reason (:func:`stage_rows`), go to a staging table ``bronze/_staging/<table>``; kept
+    rows, counts and quarantine are cheap columnar reads of that copy, which is deleted at the
+    end (also when the run fails). All inputs are located and their headers checked before the
+    first write, and all of them are read before the first bronze table is touched, so a
+    damaged input leaves the whole bronze layer as it was. Each table is replaced atomically
+    (Delta overwrite; the quarantine by ``replaceWhere`` on the tables of this run), so a re-run
+    never appends and a failed one leaves the last version readable. Every commit carries
+    ``metadata`` (default: :func:`default_metadata`) as its Delta ``userMetadata``.
+    """
+    metadata = dict(metadata) if metadata is not None else default_metadata(cfg)
+    needs_mimic = any(t not in CXR_TABLES for t in cfg.tables)
+    layout = resolve_layout(spark, cfg.raw, cfg.layout) if needs_mimic else "v2"
+    plans = [_plan(spark, cfg, name, layout) for name in cfg.tables]
+    workers = cfg.concurrency or spark.sparkContext.defaultParallelism
+    # Biggest inputs first: the longest single-task read starts at once, small tables fill in.
+    by_size = sorted(plans, key=lambda p: -p.size)
+    try:
+        in_parallel(spark, [partial(write_staging, spark, p, out, metadata) for p in by_size], workers)
+        staged_counts = count_staged(spark, plans, out)
+        for name, (c, by_reason) in staged_counts.items():
+            log.info("ingest %s: %s; rejected by reason: %s", name, c, by_reason)
+        counts = {name: c for name, (c, _) in staged_counts.items()}
+        in_parallel(
+            spark, [partial(write_bronze, spark, p, out, counts[p.name], metadata) for p in by_size], workers
+        )
+        write_quarantine(spark, plans, counts, out, metadata)
+    finally:
+        drop_staging(spark, plans, out)
+    return {name: counts[name] for name in cfg.tables}

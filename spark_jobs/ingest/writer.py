@@ -1,0 +1,183 @@
+"""Writing bronze: staging copies, bronze tables and the quarantine, several tables at a time.
+
+Every write goes through :mod:`spark_jobs.delta_io`, so each commit carries the run's
+``userMetadata`` like the commits of the other stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from functools import reduce
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from spark_jobs import delta_io
+from spark_jobs.ingest.errors import IngestError, naming_files
+from spark_jobs.ingest.files import HadoopFs, Located, join
+from spark_jobs.ingest.staging import FILTERED_OUT, REASON, unstage
+from spark_jobs.mimic_schema import RawTable
+from spark_jobs.quality import empty_rejects
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, Observation, SparkSession
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+QUARANTINE = "quarantine"
+STAGING = "_staging"
+
+
+def bronze_path(out: str, table: str) -> str:
+    return join(out, f"bronze/{table}")
+
+
+def staging_path(out: str, table: str) -> str:
+    """Where the one pass over ``table``'s raw files lands; it lives for the run only."""
+    return join(out, f"bronze/{STAGING}/{table}")
+
+
+class Plan(NamedTuple):
+    """One table of the run: where it is and the staged frame its single raw pass writes."""
+
+    name: str
+    table: RawTable
+    loc: Located
+    size: int  # bytes of the input files
+    staged: DataFrame  # stage_rows over the raw files (the wanted rows of an events table)
+    # Counts the rows of items outside cfg.itemids as the staging write reads them (None: the
+    # table is not filtered).
+    unused: Observation | None
+    rows_per_file: int  # > 0: the staging write cuts its output into files of at most this many rows
+
+
+def in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
+    """Run ``tasks`` (each one or more Spark actions) from ``workers`` threads; results in order.
+
+    A ``.csv.gz`` is one Spark task, so one table at a time leaves all cores but one idle; side
+    by side, chartevents and labevents (and the small tables) share the machine. The first
+    failure cancels the other tables' jobs (a corrupt labevents is reported without waiting for
+    chartevents) and is raised as is.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        return [task() for task in tasks]
+    sc = spark.sparkContext
+    group = f"medmod-ingest-{uuid.uuid4().hex[:12]}"
+
+    def call(task: Callable[[], T]) -> T:
+        sc.setJobGroup(group, "medmod bronze ingest", interruptOnCancel=True)
+        return task()
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="ingest") as pool:
+        futures = [pool.submit(call, task) for task in tasks]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            sc.cancelJobGroup(group)
+            raise
+
+
+def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[str, Any]) -> None:
+    """The one read of ``plan``'s raw files: every row typed and tagged (of a filtered events
+    table, the rows of the wanted items; the others only counted), to its staging path."""
+    path = staging_path(out, plan.name)
+    fs = HadoopFs(spark)
+    fs.delete(path)  # left over by a killed run: start clean
+    # File statistics on __reason only (the first column): files without rejects are skipped
+    # when the quarantine is read, and the single-task raw pass computes no stats it never uses.
+    options: dict[str, Any] = {"delta.dataSkippingNumIndexedCols": "1"}
+    if plan.rows_per_file:
+        options["maxRecordsPerFile"] = plan.rows_per_file
+    start = time.monotonic()
+    with naming_files(plan.loc.files, what=f"reading table {plan.name} from", fs=fs):
+        delta_io.write_table(plan.staged, path, dict(metadata), options=options)
+    log.info("ingest %s: raw files read and staged in %.1fs", plan.name, time.monotonic() - start)
+
+
+def _read_staged(spark: SparkSession, out: str, name: str) -> DataFrame:
+    return delta_io.read_table(spark, staging_path(out, name))
+
+
+def _tally(plan: Plan, groups: Sequence[Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """(rows_in / kept / rejected / filtered_out, rejected by reason) of one table from the
+    (table, reason, count) rows of the staged tables."""
+    mine = [r for r in groups if r["table"] == plan.name]
+    by_reason: dict[str, int] = {}
+    for r in mine:
+        if r[REASON] is not None:
+            by_reason[r[REASON]] = by_reason.get(r[REASON], 0) + r["count"]
+    kept = sum(r["count"] for r in mine if r[REASON] is None)
+    filtered_out = int(plan.unused.get.get(FILTERED_OUT) or 0) if plan.unused is not None else 0
+    counts = {
+        "rows_in": kept + sum(by_reason.values()) + filtered_out,
+        "kept": kept,
+        "rejected": sum(by_reason.values()),
+        "filtered_out": filtered_out,
+    }
+    return counts, by_reason
+
+
+def count_staged(
+    spark: SparkSession, plans: Sequence[Plan], out: str
+) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+    """{table: (rows_in / kept / rejected / filtered_out, rejected by reason)} of the staged rows
+    and the rows of unused items counted on the way (call after the staging writes).
+
+    One Spark job for all tables (reading one column of each staging table), not one per table.
+    """
+    from pyspark.sql import functions as F
+
+    parts = [_read_staged(spark, out, p.name).select(F.lit(p.name).alias("table"), REASON) for p in plans]
+    groups = reduce(lambda a, b: a.unionByName(b), parts).groupBy("table", REASON).count().collect()
+    return {p.name: _tally(p, groups) for p in plans}
+
+
+def write_bronze(
+    spark: SparkSession, plan: Plan, out: str, expected: Mapping[str, int], metadata: Mapping[str, Any]
+) -> None:
+    """The kept rows of the staged table to ``bronze/<table>``; checks that the rows written are
+    the rows counted as kept (``rows_in = kept + rejected + filtered_out`` then holds for what
+    is really in the table)."""
+    start = time.monotonic()
+    kept = unstage(_read_staged(spark, out, plan.name), plan.table).kept
+    written = delta_io.write_table(kept, bronze_path(out, plan.name), dict(metadata))
+    if written != expected["kept"]:
+        raise IngestError(
+            f"bookkeeping does not add up for {plan.name}: {dict(expected)}, but {written} rows written"
+        )
+    log.info("ingest %s: bronze table written in %.1fs", plan.name, time.monotonic() - start)
+
+
+def write_quarantine(
+    spark: SparkSession,
+    plans: Sequence[Plan],
+    counts: Mapping[str, Mapping[str, int]],
+    out: str,
+    metadata: Mapping[str, Any],
+) -> None:
+    """Replace the rejects of this run's tables in ``bronze/quarantine``; ingesting one table
+    again keeps the other tables' rejects."""
+    # Tables without rejects add nothing (but stay in replaceWhere: their old rejects go).
+    quarantine = reduce(
+        lambda acc, p: acc.unionByName(unstage(_read_staged(spark, out, p.name), p.table).rejected),
+        [p for p in plans if counts[p.name]["rejected"]],
+        empty_rejects(spark),
+    )
+    this_run = "source IN (" + ", ".join(f"'{p.name}'" for p in plans) + ")"
+    delta_io.write_table(quarantine, bronze_path(out, QUARANTINE), dict(metadata), replace_where=this_run)
+
+
+def drop_staging(spark: SparkSession, plans: Sequence[Plan], out: str) -> None:
+    fs = HadoopFs(spark)
+    for p in plans:
+        fs.delete(staging_path(out, p.name))
+    fs.delete_if_empty(join(out, f"bronze/{STAGING}"))
