@@ -136,10 +136,13 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
 
 
 def _values(diffs: list[tuple[str, Any, Any]], side: int) -> str:
-    return ", ".join(f"{d[0]}={_text(d[side])}" for d in diffs)
+    return ", ".join(f"{d[0]}={_text(d[0], d[side])}" for d in diffs)
 
 
-def _text(value: Any) -> str:
+def _text(key: str, value: Any) -> str:
+    """A value as a command-line word would write it; shard hashes cut to 12 characters."""
+    if key == MANIFEST_KEY and isinstance(value, str):
+        return value[:12]
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
