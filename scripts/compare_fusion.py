@@ -48,7 +48,7 @@ def finished_run(words: list[str], shards: str) -> tuple[Path, bool]:
 
     Another identity there is an error (IdentityError) before anything runs, as in the trainer."""
     cfg = load_run_config(words)
-    keys, _ = run_id.run_identity(cfg, run_id.resolved_model_config(cfg), read_manifest(shards))
+    keys = run_id.training_identity(cfg, read_manifest(shards))
     run_dir = cfg.run_dir()
     start_over = run_id.check_run_dir(run_dir, keys, cfg.train.resume)
     metrics, config = run_dir / "metrics.json", run_dir / "config.yaml"

@@ -182,3 +182,13 @@ def test_compare_fusion_reuses_only_a_finished_run_of_the_same_identity(shards, 
     with pytest.raises(run_id.IdentityError, match="optim.lr=0.01, this config has optim.lr=0.5"):
         compare_fusion.finished_run([*base, "optim.lr=0.5"], str(shards))
     assert compare_fusion.finished_run([*base, "optim.lr=0.5", "train.run_name=x"], str(shards))[1] is False
+
+
+def test_a_fusion_run_is_identified_by_the_unimodal_runs_it_starts_from(shards, finished, tmp_path):
+    uni = json.loads((finished / "ihm" / "uni_ehr" / "0" / "run.json").read_text())["hash"]
+    fusion = load_run_config(["task=ihm", *words(shards, finished), "model=medfuse"])
+    assert run_id.pretrained_hashes(fusion) == {"ehr_encoder": uni, "cxr_encoder": None}  # no uni_cxr run
+    keys, _ = run_id.run_identity(fusion, {}, {}, run_id.pretrained_hashes(fusion))
+    assert keys["model.pretrained.ehr_encoder"] == uni
+    given = load_run_config(["task=ihm", *words(shards, finished), "model=medfuse", "model.init=random"])
+    assert run_id.pretrained_hashes(given) == {}

@@ -2,7 +2,9 @@
 
 The identity is the resolved run config as flat dotted keys (``optim.lr``, ``model.ehr_encoder``;
 the model part is the model's full typed config, defaults included, not the words that set it),
-minus the keys below, plus ``data.manifest``: a hash of the shard set's content for the task.
+minus the keys below, plus ``data.manifest``: a hash of the shard set's content for the task,
+and for a model that starts from unimodal runs by convention, ``model.pretrained.<slot>``: the
+identity hash of each such run (None when it has none recorded).
 Checkpoints carry it (``identity``), the run folder records it in ``run.json``; a run resumes only
 into a folder of the same identity, and ``trainer.rescore`` checks a checkpoint against it.
 
@@ -55,6 +57,7 @@ BOOKKEEPING = frozenset(
 EXECUTION = frozenset({"train.device", "train.compile", "data.dali_device"})
 EXTENT = frozenset({"train.epochs", "train.max_chunks", "train.max_steps"})
 MANIFEST_KEY = "data.manifest"
+PRETRAINED_PREFIX = "model.pretrained."
 RUN_FILE = "run.json"
 
 # Manifest fields that describe the records themselves (``sources`` is provenance: the shards'
@@ -122,11 +125,16 @@ def short_hash(keys: dict[str, Any]) -> str:
 
 
 def run_identity(
-    cfg: RunConfig, model_config: dict[str, Any], manifest: dict[str, Any]
+    cfg: RunConfig,
+    model_config: dict[str, Any],
+    manifest: dict[str, Any],
+    pretrained: dict[str, str | None] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The identity of run ``cfg`` (flat keys) and its short hash: a pure function of the config,
-    the model's resolved config and the shard manifest."""
+    the model's resolved config, the shard manifest and the identity hashes of the unimodal runs
+    the model starts from by convention (``pretrained``, by input slot)."""
     keys = config_identity(typed.to_dict(cfg), model_config, manifest_hash(manifest, cfg.task))
+    keys |= {f"{PRETRAINED_PREFIX}{slot}": value for slot, value in sorted((pretrained or {}).items())}
     return keys, short_hash(keys)
 
 
@@ -271,10 +279,48 @@ def resolved_model_config(cfg: RunConfig) -> dict[str, Any]:
     return typed.to_dict(model_config(cfg.model.name, dict(cfg.model.args)))
 
 
+def recorded_hash(checkpoint: Path) -> str | None:
+    """The identity hash of the run a checkpoint belongs to: its folder's ``run.json``, else the
+    checkpoint's own record; None when neither tells (missing, or older than identities)."""
+    from trainer import checkpoint as ckpt
+
+    path = run_file(Path(checkpoint).parent.parent)
+    if path.is_file():
+        return json.loads(path.read_text())["hash"]
+    if not Path(checkpoint).is_file():
+        return None
+    state = ckpt.load(checkpoint, full=False)
+    return state["identity"]["hash"] if "identity" in state else None
+
+
+def pretrained_hashes(cfg: RunConfig) -> dict[str, str | None]:
+    """By input slot, the identity hash of each unimodal run the model starts from by
+    convention (a file given in the model config is identified by its path, a config key): a
+    fusion run over retrained unimodal runs is another run."""
+    from trainer.models import model_config
+    from trainer.runtime import find_pretrained
+
+    t = cfg.train
+    paths = find_pretrained(
+        cfg.model.name,
+        model_config(cfg.model.name, dict(cfg.model.args)),
+        cfg.task,
+        t.runs_dir,
+        t.seed,
+        t.run_name,
+    )
+    return {slot: recorded_hash(path) for slot, path in paths.items()}
+
+
+def training_identity(cfg: RunConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The identity keys of training (or late-fusion scoring) run ``cfg`` on these shards."""
+    return run_identity(cfg, resolved_model_config(cfg), manifest, pretrained_hashes(cfg))[0]
+
+
 def identity_for_run(cfg: RunConfig, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The identity of training run ``cfg`` on these shards, checked against its run folder
+    """The identity of run ``cfg`` on these shards, checked against its run folder
     (``check_run_dir``): the keys, and whether the folder's other run is to be cleared first."""
-    keys, _ = run_identity(cfg, resolved_model_config(cfg), manifest)
+    keys = training_identity(cfg, manifest)
     return keys, check_run_dir(cfg.run_dir(), keys, cfg.train.resume)
 
 
