@@ -6,10 +6,13 @@
 
 The unimodal models are trained first; early, MedFuse and late then start from their
 checkpoints by convention (``<runs>/<task>/uni_{ehr,cxr}/<seed>/checkpoints/best.pt``); late is
-only scored. A run whose ``metrics.json`` exists is not repeated, so an interrupted comparison
-resumes. Words after ``--`` go to every ``trainer/train.py`` call. The table gives each model's
-test metrics with bootstrap 95% CIs and, per task, the gap between each fusion model and the
-best unimodal model on the selection metric (the CI columns say whether it is clear).
+only scored. A finished run (``metrics.json``) of the same identity (``trainer.identity``: the
+resolved config and the shards' manifest) is not repeated, so an interrupted comparison resumes;
+a run folder holding another identity is an error that names the differing keys (pass another
+``--runs``, or ``-- train.run_name=NAME`` for a folder of its own per run). Words after ``--``
+go to every ``trainer/train.py`` call. The table gives each model's test metrics with bootstrap
+95% CIs and, per task, the gap between each fusion model and the best unimodal model on the
+selection metric (the CI columns say whether it is clear).
 """
 
 from __future__ import annotations
@@ -21,31 +24,54 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
 import bench_common as bc  # noqa: E402
 
+from shards.manifest import read_manifest  # noqa: E402
+from trainer import identity as run_id  # noqa: E402
+from trainer.config import load_run_config  # noqa: E402
 from trainer.models import model_class  # noqa: E402
 from trainer.tasks import task_spec  # noqa: E402
 
 log = logging.getLogger("medmod.compare_fusion")
 UNIMODAL = ("uni_ehr", "uni_cxr")
 FUSION = ("early", "joint", "late", "medfuse", "mmtm", "daft")
+EXTENT = ("epochs", "max_chunks", "max_steps")
 
 
-def run_dir(runs: Path, task: str, model: str, seed: int) -> Path:
-    return runs / task / model / str(seed)
+def finished_run(words: list[str], shards: str) -> tuple[Path, bool]:
+    """The run dir of these trainer words, and whether it holds this very run finished.
+
+    Another identity there is an error (IdentityError) before anything runs, as in the trainer."""
+    cfg = load_run_config(words)
+    keys = run_id.training_identity(cfg, read_manifest(shards))
+    run_dir = cfg.run_dir()
+    start_over = run_id.check_run_dir(run_dir, keys, cfg.train.resume)
+    metrics, config = run_dir / "metrics.json", run_dir / "config.yaml"
+    if start_over or not (run_id.run_file(run_dir).is_file() and metrics.is_file()):
+        return metrics, False
+    if not config.is_file():  # scored as built (late fusion): nothing trained, nothing to extend
+        return metrics, True
+    # Epochs and step caps are not identity keys (a rerun extends a run): a longer run is not done.
+    trained = yaml.safe_load(config.read_text())["train"]
+    return metrics, all(trained.get(key) == getattr(cfg.train, key) for key in EXTENT)
 
 
 def train(task: str, model: str, args: argparse.Namespace) -> Path:
-    """One trainer run (skipped when its metrics.json exists); returns its metrics.json."""
-    metrics = run_dir(args.runs, task, model, args.seed) / "metrics.json"
-    if metrics.is_file():
-        log.info("%s/%s: done already (%s)", task, model, metrics)
-        return metrics
+    """One trainer run (skipped when it finished with the same identity); returns its metrics.json."""
     words = [f"task={task}", f"model={model}", f"data.shards={args.shards}"]
     words += [f"train.runs_dir={args.runs}", f"train.seed={args.seed}"]
+    try:
+        metrics, done = finished_run([*words, *args.extra], args.shards)
+    except run_id.IdentityError as err:
+        raise SystemExit(f"{task}/{model}: {err}") from None
+    if done:
+        log.info("%s/%s: done already (%s)", task, model, metrics)
+        return metrics
     if model_class(model).trainable:
         cmd = [sys.executable, str(REPO / "trainer" / "train.py"), *words, *args.extra]
     else:  # late fusion: nothing to train, scored as built (trainer.rescore writes metrics.json)

@@ -201,8 +201,9 @@ def test_dali_reader_scores_like_webdataset(shard_root, tmp_path):
 
 
 def test_nan_loss_stops_with_last_checkpoint_intact(shard_root, tmp_path, caplog):
-    runs = tmp_path / "runs"
-    assert train.main(words(shard_root, runs, "task=ihm", "train.epochs=1")) == 0
+    runs, data = tmp_path / "runs", tmp_path / "ds"
+    shutil.copytree(shard_root, data)
+    assert train.main(words(data, runs, "task=ihm", "train.epochs=1")) == 0
     last = runs / "ihm" / "uni_ehr" / "0" / "checkpoints" / "last.pt"
     before = hashlib.sha256(last.read_bytes()).hexdigest()
     poisoned = tmp_path / "poisoned"
@@ -210,7 +211,9 @@ def test_nan_loss_stops_with_last_checkpoint_intact(shard_root, tmp_path, caplog
     for rec in recs[("ihm", "train")]:
         rec.ehr[:] = np.nan
     write_dataset(str(poisoned), recs, {"ihm": identity_normalizer()}, image_size=64, records_per_shard=3)
-    code = train.main(words(poisoned, runs, "task=ihm", "train.epochs=2"))
+    # The train shards go bad on disk under the same manifest: the same run identity resumes.
+    shutil.copytree(poisoned / "ihm" / "train", data / "ihm" / "train", dirs_exist_ok=True)
+    code = train.main(words(data, runs, "task=ihm", "train.epochs=2"))
     assert code == runtime.EXIT_NONFINITE
     assert "non-finite loss at step 4" in caplog.text and str(last) in caplog.text
     assert hashlib.sha256(last.read_bytes()).hexdigest() == before

@@ -73,6 +73,7 @@ class TrainConfig:
     ckpt_every: int = 0  # > 0: also checkpoint every N steps (resume granularity)
     bootstrap: int = 1000
     runs_dir: str = "runs"
+    run_name: str = ""  # set: runs_dir/task/model/<run_name>/seed, a folder beside the default one
     resume: bool = True  # pick up checkpoints/last.pt in the run dir when present
     progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a TTY
 
@@ -93,13 +94,21 @@ class RunConfig:
             raise typed.ConfigError(
                 f"data.image_crop ({self.data.image_crop}) must be in 1..data.image_resize ({self.data.image_resize})"
             )
+        name = self.train.run_name
+        if name in (".", "..") or "/" in name or "\\" in name or name.isdigit():
+            raise typed.ConfigError(
+                f"train.run_name={name!r} must be one folder name that is not a number (seeds are)"
+            )
 
     @property
     def spec(self) -> TaskSpec:
         return task_spec(self.task)
 
     def run_dir(self) -> Path:
-        return Path(self.train.runs_dir) / self.task / self.model.name / str(self.train.seed)
+        """One folder per run identity (trainer.identity); ``train.run_name`` gives a run of
+        another identity its own folder while the default layout stays as it was."""
+        named = (self.train.run_name,) if self.train.run_name else ()
+        return Path(self.train.runs_dir, self.task, self.model.name, *named, str(self.train.seed))
 
 
 PRESET_GROUPS = {"data": "wds", "task": None, "train": None}

@@ -1,17 +1,26 @@
 """Score a model without training it: a saved checkpoint, or a model with nothing to train.
 
-    python -m trainer.rescore checkpoint=PATH [split=val,test] [out=DIR] [data.shards=... ...]
+    python -m trainer.rescore checkpoint=PATH [split=val,test] [out=DIR] [allow_other_shards=true]
+        [data.shards=... data.eval_batch_size=... ...]
     python -m trainer.rescore task=ihm model=late data.shards=... [split=val,test]
 
-A checkpoint is rebuilt from its own config (any ``key=value`` word overrides it, e.g. other
-shards) and writes only where ``out=DIR`` says, never over its run's files. A model built from
-``task=... model=...`` (late fusion) is scored into its run dir, like a trained run.
+A checkpoint is rebuilt from its own config (a ``key=value`` word overrides it) and writes only
+where ``out=DIR`` says, never over its run's files. The checkpoint's run identity
+(``trainer.identity``) is checked: scoring options may change (``data.eval_batch_size``,
+``data.num_workers``, ``data.loader``, ``train.amp``, ``train.hourly_mode``, ``train.bootstrap``,
+``train.device``, ``data.shards`` pointing at a copy of the same shards); shards of another
+content, or other ``data.image_resize`` / ``data.image_crop``, need ``allow_other_shards=true``;
+any other identity key (``optim.lr``, ``train.seed``, ...) is an error, since rescoring trains
+nothing. A checkpoint written before identities still loads (a warning says its shards are
+unknown). A model built from ``task=... model=...`` (late fusion) is scored into its run dir,
+like a trained run, which holds one identity as a training run's does.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +28,56 @@ from torch import nn
 
 from conf import typed
 from trainer import checkpoint as ckpt
+from trainer import identity as run_id
 from trainer import scoring
 from trainer.config import RunConfig, load_run_config
-from trainer.data import build_data
-from trainer.distributed import DistContext
+from trainer.data import ShardData, build_data
+from trainer.distributed import DistContext, barrier
 from trainer.runtime import EXIT_CONFIG, build_model, guarded, summary_line
 
 log = logging.getLogger("medmod.trainer.rescore")
 
 
-def _split_words(words: list[str]) -> tuple[str | None, str | None, list[str], list[str]]:
-    checkpoint, out_dir, splits, rest = None, None, ["test"], []
+@dataclass
+class RescoreArgs:
+    """The words of this command that are not run-config overrides."""
+
+    checkpoint: str | None = None
+    out_dir: str | None = None
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    allow_other_shards: bool = False
+
+
+def _split_words(words: list[str]) -> tuple[RescoreArgs, list[str]]:
+    args, rest = RescoreArgs(), []
     for word in words:
         key, _, value = word.partition("=")
         if key == "checkpoint":
-            checkpoint = value
+            args.checkpoint = value
         elif key == "out":
-            out_dir = value
+            args.out_dir = value
         elif key == "split":
-            splits = [s for s in value.split(",") if s]
+            args.splits = [s for s in value.split(",") if s]
+        elif key == "allow_other_shards":
+            if value not in ("true", "false"):
+                raise typed.ConfigError(f"allow_other_shards must be true or false, got {value!r}")
+            args.allow_other_shards = value == "true"
         else:
             rest.append(word)
-    return checkpoint, out_dir, splits, rest
+    return args, rest
 
 
 def score_model(
-    cfg: RunConfig, ctx: DistContext, model: nn.Module, splits: list[str], out_dir: Path | None
+    cfg: RunConfig,
+    ctx: DistContext,
+    model: nn.Module,
+    data: ShardData,
+    splits: list[str],
+    out_dir: Path | None,
 ) -> dict[str, Any] | None:
     """Score ``model`` as it is on ``splits`` (no training): late fusion, or a saved checkpoint.
 
     Predictions (and metrics.json) go to ``out_dir`` when given; rank 0 returns the metrics."""
-    data = build_data(cfg, ctx)
     mode = cfg.spec.mode(cfg.train.hourly_mode)
     scoring.check_mode(model, mode)
     model = model.to(ctx.device)
@@ -69,17 +97,31 @@ def score_model(
     return results if ctx.is_main else None
 
 
+def _late_run(cfg: RunConfig, ctx: DistContext, data: ShardData) -> Path:
+    """The run dir a model scored as built (late fusion) writes to, checked and recorded like a
+    training run's (``trainer.identity``)."""
+    keys, start_over = run_id.identity_for_run(cfg, data.manifest)
+    barrier(ctx)
+    run_dir = cfg.run_dir()
+    if ctx.is_main:
+        if start_over:
+            run_id.clear_run_dir(run_dir)
+        run_id.write_run_file(run_dir, keys)
+    return run_dir
+
+
 def evaluate_checkpoint(words: list[str]) -> int:
-    """``checkpoint=PATH [split=val,test] [out=DIR]`` rescored (config from the checkpoint,
-    overridable, e.g. ``data.shards=``), or a model built from ``task=... model=...`` and scored as
-    it is into its run dir (models with nothing to train, e.g. late fusion)."""
+    """``checkpoint=PATH [split=val,test] [out=DIR] [allow_other_shards=true]`` rescored (config
+    from the checkpoint, overridable within its identity), or a model built from
+    ``task=... model=...`` and scored as it is into its run dir (models with nothing to train,
+    e.g. late fusion)."""
     if any(w in ("-h", "--help") for w in words):
         print(__doc__)
         return 0
-    checkpoint, out_dir, splits, rest = _split_words(words)
     try:
-        if checkpoint:
-            state = ckpt.load(checkpoint, full=False)
+        args, rest = _split_words(words)
+        if args.checkpoint:
+            state = ckpt.load(args.checkpoint, full=False)
             base = state.get("config") or {}
             cfg = typed.load(RunConfig, base, overrides=rest)
         else:
@@ -89,14 +131,17 @@ def evaluate_checkpoint(words: list[str]) -> int:
         return EXIT_CONFIG
 
     def body(ctx: DistContext) -> dict[str, Any] | None:
-        if checkpoint:
+        data = build_data(cfg, ctx)
+        if args.checkpoint:
+            run_id.check_checkpoint(state, Path(args.checkpoint), cfg, data.manifest, args.allow_other_shards)
             model = build_model(cfg, state["model_name"], state["model_config"])
             model.load_state_dict(state["model"])
+            # A rescored checkpoint writes only where asked (out=DIR), never over its run's files.
+            target = Path(args.out_dir) if args.out_dir else None
         else:
+            target = Path(args.out_dir) if args.out_dir else _late_run(cfg, ctx, data)
             model = build_model(cfg)
-        # A rescored checkpoint writes only where asked (out=DIR), never over its own run's files.
-        target = Path(out_dir) if out_dir else (None if checkpoint else cfg.run_dir())
-        return score_model(cfg, ctx, model, splits, target)
+        return score_model(cfg, ctx, model, data, args.splits, target)
 
     code, results = guarded(cfg, body)
     if results is not None:

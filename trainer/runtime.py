@@ -41,10 +41,10 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
-def run_checkpoint(runs_dir: str | Path, task: str, model: str, seed: int | None) -> Path:
+def run_checkpoint(runs_dir: str | Path, task: str, model: str, seed: int | None, run_name: str = "") -> Path:
     """The best checkpoint a run of ``model`` on ``task`` writes (the layout of
     ``RunConfig.run_dir`` and the Checkpointer); seed None: the only seed run there."""
-    root = Path(runs_dir) / task / model
+    root = Path(runs_dir, task, model, *((run_name,) if run_name else ()))
     if seed is None:
         seeds = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if len(seeds) != 1:
@@ -61,11 +61,12 @@ def run_checkpoint(runs_dir: str | Path, task: str, model: str, seed: int | None
 
 
 def find_pretrained(
-    name: str, model_cfg: Any, task: str, runs_dir: str | Path, seed: int | None
+    name: str, model_cfg: Any, task: str, runs_dir: str | Path, seed: int | None, run_name: str = ""
 ) -> dict[str, Path]:
     """Where the unimodal runs model ``name`` starts from are, for the inputs its config does not
-    give a file for: the run of the same seed in the same runs folder, unless the model config
-    says otherwise (``runs_dir``, ``pretrained_seed``, an input's task field)."""
+    give a file for: the run of the same seed and ``train.run_name`` in the same runs folder,
+    unless the model config says otherwise (``runs_dir``, ``pretrained_seed``, an input's task
+    field)."""
     from trainer.models import model_class
 
     inputs = model_class(name).checkpoint_inputs(model_cfg)
@@ -74,7 +75,7 @@ def find_pretrained(
     runs_dir = model_cfg.runs_dir or runs_dir
     seed = model_cfg.pretrained_seed if model_cfg.pretrained_seed is not None else seed
     return {
-        slot: run_checkpoint(runs_dir, need.source_task(model_cfg, task), need.model, seed)
+        slot: run_checkpoint(runs_dir, need.source_task(model_cfg, task), need.model, seed, run_name)
         for slot, need in inputs.items()
         if need.explicit(model_cfg) is None
     }
@@ -107,7 +108,7 @@ def build_model(cfg: RunConfig, name: str | None = None, args: dict[str, Any] | 
     name = name or cfg.model.name
     model_cfg = model_config(name, dict(cfg.model.args if args is None else args))
     check_input_sizes(model_cfg, cfg)
-    paths = find_pretrained(name, model_cfg, cfg.task, cfg.train.runs_dir, cfg.train.seed)
+    paths = find_pretrained(name, model_cfg, cfg.task, cfg.train.runs_dir, cfg.train.seed, cfg.train.run_name)
     return create_model(name, model_cfg, cfg.spec, checkpoints=paths)
 
 

@@ -3,10 +3,12 @@
     torchrun --nproc_per_node=N trainer/train.py task=ihm|pheno|decomp|los|radiology \\
         model=uni_ehr|uni_cxr|... data.shards=PATH|s3://... [key=value ...]
 
-Writes ``<runs_dir>/<task>/<model>/<seed>/``: ``config.yaml`` (resolved), ``metrics.json``
-(val/test, bootstrap 95% CIs), ``predictions.parquet`` (test) and ``predictions_val.parquet``,
-``tb/`` (TensorBoard), ``checkpoints/{last,best}.pt``. A rerun of the same command resumes from
-``checkpoints/last.pt`` (also after SIGKILL; torchrun ``--max-restarts`` does this by itself).
+Writes ``<runs_dir>/<task>/<model>/[<run_name>/]<seed>/``: ``config.yaml`` (resolved),
+``run.json`` (the run's identity, ``trainer.identity``), ``metrics.json`` (val/test, bootstrap
+95% CIs), ``predictions.parquet`` (test) and ``predictions_val.parquet``, ``tb/`` (TensorBoard),
+``checkpoints/{last,best}.pt``. A rerun of the same command resumes from ``checkpoints/last.pt``
+(also after SIGKILL; torchrun ``--max-restarts`` does this by itself); a run of another identity
+into that folder is an error naming the differing keys (``train.run_name=NAME``: another folder).
 A saved checkpoint, or a model with nothing to train (late fusion), is scored by
 ``python -m trainer.rescore``.
 """
@@ -33,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from conf import typed
 from trainer import checkpoint as ckpt
+from trainer import identity as run_id
 from trainer import scoring
 from trainer.components import Checkpointer, EarlyStopping, MetricsLogger
 from trainer.config import RunConfig, load_run_config
@@ -40,6 +43,7 @@ from trainer.data import build_data
 from trainer.distributed import (
     DistContext,
     any_rank,
+    barrier,
     broadcast_object,
     seed_everything,
     set_rng_state,
@@ -135,7 +139,14 @@ class Trainer:
     ``trainer.scoring``, and early stopping, metrics and checkpoint files to the components of
     ``trainer.components``; model differences live in the model and loss objects."""
 
-    def __init__(self, cfg: RunConfig, ctx: DistContext, model: nn.Module, data: Any):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ctx: DistContext,
+        model: nn.Module,
+        data: Any,
+        identity: dict[str, Any] | None = None,
+    ):
         self.cfg, self.ctx, self.data, self.spec = cfg, ctx, data, cfg.spec
         self.mode = self.spec.mode(cfg.train.hourly_mode)
         scoring.check_mode(model, self.mode)
@@ -144,6 +155,7 @@ class Trainer:
         self.model = apply_throughput_settings(model.to(ctx.device), cfg, ctx)
         self.accum = cfg.train.grad_accum_steps
         self.model_config = model_config_dict(model, cfg)
+        self.identity = identity or run_id.run_identity(cfg, self.model_config, data.manifest)[0]
         self.forward = wrap_forward(self.model, self.mode, cfg, ctx)
         self.loss_fn = loss_for(self.spec)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -266,6 +278,7 @@ class Trainer:
             "model_config": self.model_config,
             "task": self.cfg.task,
             "config": typed.to_dict(self.cfg),
+            "identity": {"keys": self.identity, "hash": run_id.short_hash(self.identity)},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
@@ -347,6 +360,7 @@ class Trainer:
             "task": self.cfg.task,
             "model": self.cfg.model.name,
             "seed": self.cfg.train.seed,
+            "identity": run_id.short_hash(self.identity),
             "checkpoint": str(source),
             "best": state.get("best"),
             "selection_metric": self.spec.selection_metric,
@@ -380,10 +394,17 @@ def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
     """Train and score one run; returns rank 0's metrics (None on other ranks)."""
     seed_everything(cfg.train.seed, ctx.rank)
     data = build_data(cfg, ctx)
+    # Every rank checks the run folder before any rank changes it: a run of another identity
+    # there is one clear error on all ranks, and its config.yaml is never rewritten.
+    identity, start_over = run_id.identity_for_run(cfg, data.manifest)
+    barrier(ctx)
     model = build_model(cfg)
-    trainer = Trainer(cfg, ctx, model, data)
+    trainer = Trainer(cfg, ctx, model, data, identity)
     if ctx.is_main:
+        if start_over:
+            run_id.clear_run_dir(trainer.run_dir)
         write_config(cfg, trainer.model_config, trainer.run_dir)
+        run_id.write_run_file(trainer.run_dir, identity)
         log.info(
             "run %s: %d steps/epoch per rank, %s, world %d on %s",
             trainer.run_dir,
