@@ -15,8 +15,10 @@ Left out, because they cannot change what is trained:
   ``train.ckpt_every``: a resume is exact, so checkpoint granularity changes nothing), the shard
   *location* ``data.shards`` (``data.manifest`` identifies the content: a copy on S3 is the same
   data), and ``train.bootstrap`` (CI resampling of the final scoring, redone on every rerun).
-- ``EXECUTION``: the same computation on other hardware or kernels (``train.device``,
-  ``train.compile``, ``data.dali_device``); results agree up to float rounding. ``train.amp`` is
+- ``EXECUTION``: the same computation on other hardware, kernels or loader resources
+  (``train.device``, ``train.compile``, ``train.channels_last``, ``train.cudnn_benchmark``, the
+  DALI device / threads / prefetch, pinned memory, persistent eval workers); results agree up to
+  float rounding. ``train.grad_accum_steps`` is an identity key (it sets the effective batch). ``train.amp`` is
   not one of them: bf16 changes the arithmetic on purpose.
 - ``EXTENT`` (``train.epochs``, ``train.max_chunks``, ``train.max_steps``): how far a run goes, so
   that a rerun with more epochs extends a finished run. Under ``optim.scheduler=cosine`` the total
@@ -54,7 +56,19 @@ BOOKKEEPING = frozenset(
         "data.shards",
     }
 )
-EXECUTION = frozenset({"train.device", "train.compile", "data.dali_device"})
+EXECUTION = frozenset(
+    {
+        "train.device",
+        "train.compile",
+        "train.channels_last",
+        "train.cudnn_benchmark",
+        "data.dali_device",
+        "data.dali_threads",
+        "data.dali_prefetch",
+        "data.pin_memory",
+        "data.persistent_workers",
+    }
+)
 EXTENT = frozenset({"train.epochs", "train.max_chunks", "train.max_steps"})
 MANIFEST_KEY = "data.manifest"
 PRETRAINED_PREFIX = "model.pretrained."
