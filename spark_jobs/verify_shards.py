@@ -80,6 +80,10 @@ def verify_with_tables(root: str, tables: str | None = None, spark=None) -> list
     tables = tables or manifest.get("sources", {}).get("tables")
     if not tables:
         return [*problems, f"{root}: the manifest names no gold tables; give tables=PATH"]
+    from pyspark.sql import SparkSession
+
+    # A session this call did not start (a caller's, a test's) is used and left running.
+    spark = spark or SparkSession.getActiveSession()
     own = spark is None
     if own:
         spark = build_spark(SparkConfig(master="local[2]", app_name="verify-shards", shuffle_partitions=4))

@@ -67,14 +67,19 @@ def test_hourly_tasks_are_derived_from_the_specs():
     assert HOURLY_TASKS == tuple(n for n in TASK_NAMES if TASKS[n].hourly) == ("decomp", "los")
 
 
+# A literal naming this many tasks is a copy of the task list (maybe one short); fewer is a
+# choice of some tasks (a test's or a benchmark's), which is fine.
+COPY_OF_THE_LIST = len(TASK_NAMES) - 1
+
+
 def _task_name_literals(path: Path) -> list[int]:
-    """Line numbers of tuple/list/set literals spelling three or more task names."""
+    """Line numbers of tuple/list/set literals that copy the task list."""
     tree = ast.parse(path.read_text(), str(path))
     lines = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Tuple | ast.List | ast.Set):
             names = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
-            if len(names) >= 3 and sum(n in TASKS for n in names) >= 3:
+            if len({n for n in names if n in TASKS}) >= COPY_OF_THE_LIST:
                 lines.append(node.lineno)
     return lines
 
@@ -92,5 +97,5 @@ def test_the_task_names_are_spelled_as_a_list_in_one_module_only():
 
 def test_the_literal_finder_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text('TASKS = ("ihm", "pheno", "decomp")\nOK = ("ihm", "x")\n')
+    bad.write_text('TASKS = ("ihm", "pheno", "decomp", "los")\nSOME = ("ihm", "pheno", "x")\n')
     assert _task_name_literals(bad) == [1]
