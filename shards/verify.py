@@ -139,12 +139,21 @@ def report(root: str, problems: list[str], manifest: dict[str, Any] | None, tool
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_words(argv: list[str] | None, usage: str) -> list[str] | int:
+    """The words of a verify command, logging set up; an int is the exit status of a help request
+    (0) or of a missing shard path (2)."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
+        print(usage)
         return 0 if args else 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_words(argv, __doc__)
+    if isinstance(args, int):
+        return args
     if len(args) > 1:
         print(
             f"error: unknown argument(s) {args[1:]}: shards.verify checks files only; for the check "

@@ -11,12 +11,11 @@ problem otherwise, 2 for a bad command line.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
 from shards.store import join
-from shards.verify import MAX_LISTED, inspect, report
+from shards.verify import MAX_LISTED, command_words, inspect, report
 from spark_jobs.session import SparkConfig, build_spark
 from spark_jobs.write_shards import read_delta, spark_path
 
@@ -95,11 +94,9 @@ def verify_with_tables(root: str, tables: str | None = None, spark=None) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if args else 2
+    args = command_words(argv, __doc__)
+    if isinstance(args, int):
+        return args
     root, tables = args[0], None
     for word in args[1:]:
         if not word.startswith("tables="):
