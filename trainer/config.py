@@ -107,8 +107,15 @@ class RunConfig:
     def run_dir(self) -> Path:
         """One folder per run identity (trainer.identity); ``train.run_name`` gives a run of
         another identity its own folder while the default layout stays as it was."""
-        named = (self.train.run_name,) if self.train.run_name else ()
-        return Path(self.train.runs_dir, self.task, self.model.name, *named, str(self.train.seed))
+        return run_root(self.train.runs_dir, self.task, self.model.name, self.train.run_name) / str(
+            self.train.seed
+        )
+
+
+def run_root(runs_dir: str | Path, task: str, model: str, run_name: str = "") -> Path:
+    """The folder holding the seed folders of ``model``'s runs on ``task``: the run layout,
+    shared by the trainer and the lookup of the unimodal runs a fusion model starts from."""
+    return Path(runs_dir, task, model, *((run_name,) if run_name else ()))
 
 
 PRESET_GROUPS = {"data": "wds", "task": None, "train": None}

@@ -18,7 +18,7 @@ from torch import nn
 from conf import typed
 from trainer import checkpoint as ckpt
 from trainer.components import Checkpointer
-from trainer.config import RunConfig
+from trainer.config import RunConfig, run_root
 from trainer.data import DataError
 from trainer.distributed import DistContext, init_distributed, setup_logging, shutdown
 
@@ -44,7 +44,7 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 def run_checkpoint(runs_dir: str | Path, task: str, model: str, seed: int | None, run_name: str = "") -> Path:
     """The best checkpoint a run of ``model`` on ``task`` writes (the layout of
     ``RunConfig.run_dir`` and the Checkpointer); seed None: the only seed run there."""
-    root = Path(runs_dir, task, model, *((run_name,) if run_name else ()))
+    root = run_root(runs_dir, task, model, run_name)
     if seed is None:
         seeds = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if len(seeds) != 1:
