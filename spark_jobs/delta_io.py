@@ -84,13 +84,23 @@ def write_table(
     return last_commit_rows(df.sparkSession, path)
 
 
-def last_commit_rows(spark, path: str) -> int:
-    """numOutputRows of the latest commit of the Delta table at ``path``."""
+def last_commit(spark, path: str):
+    """The history row (version, userMetadata, operationMetrics, ...) of the latest commit."""
     from delta.tables import DeltaTable
 
-    row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
-    metrics = row["operationMetrics"] or {}
+    return DeltaTable.forPath(spark, path).history(1).first()
+
+
+def last_commit_rows(spark, path: str) -> int:
+    """numOutputRows of the latest commit of the Delta table at ``path``."""
+    metrics = last_commit(spark, path)["operationMetrics"] or {}
     return int(metrics.get("numOutputRows", 0))
+
+
+def last_commit_metadata(spark, path: str) -> tuple[int, dict[str, Any]]:
+    """(version, userMetadata as written by :func:`write_table`) of the latest commit."""
+    row = last_commit(spark, path)
+    return int(row["version"]), json.loads(row["userMetadata"]) if row["userMetadata"] else {}
 
 
 def read_table(spark, path: str):

@@ -41,6 +41,7 @@ from conf.tasks import TASK_NAMES, task_spec, unknown_tasks
 from shards.manifest import MANIFEST, build_manifest, normalizer_entry, split_entry, write_manifest
 from shards.record import N_FEATURES, ImageError, Record, encode_image, tar_key
 from shards.store import ShardInfo, fs_and_path, join, write_shard
+from spark_jobs import delta_io
 from spark_jobs.session import SparkConfig
 
 log = logging.getLogger("medmod.write_shards")
@@ -98,23 +99,12 @@ def table_path(cfg: ShardWriterConfig, layer: str, table: str) -> str:
     return spark_path(join(cfg.tables, layer, table))
 
 
-def commit_info(spark, path: str) -> tuple[int, dict[str, Any]]:
-    """(version, userMetadata) of the Delta table's latest commit."""
-    from delta.tables import DeltaTable
-
-    row = DeltaTable.forPath(spark, path).history(1).select("version", "userMetadata").first()
-    meta = json.loads(row["userMetadata"]) if row["userMetadata"] else {}
-    return int(row["version"]), meta
-
-
 def read_delta(spark, path: str):
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not delta_io.exists(spark, path):
         raise FileNotFoundError(
             f"{path} is not a Delta table: run the ETL (python -m spark_jobs.pipeline) first"
         )
-    return spark.read.format("delta").load(path)
+    return delta_io.read_table(spark, path)
 
 
 def cxr_root(cfg: ShardWriterConfig, spark) -> str:
@@ -400,13 +390,15 @@ def run(cfg: ShardWriterConfig, spark) -> dict[str, Any]:
     def load(layer: str, table: str):
         path = table_path(cfg, layer, table)
         df = read_delta(spark, path)
-        versions[f"{layer}/{table}"] = commit_info(spark, path)[0]
+        versions[f"{layer}/{table}"] = delta_io.last_commit_metadata(spark, path)[0]
         return df
 
     samples = {t: load("gold", f"samples_{t}") for t in cfg.tasks}
     for t in cfg.tasks:
         load("gold", f"normalizer_{t}")
-    etl = commit_info(spark, table_path(cfg, "gold", f"samples_{cfg.tasks[0]}"))[1].get("config", {})
+    etl = delta_io.last_commit_metadata(spark, table_path(cfg, "gold", f"samples_{cfg.tasks[0]}"))[1].get(
+        "config", {}
+    )
     paired = etl.get("paired", True) if cfg.paired is None else cfg.paired
     root = cxr_root(cfg, spark)
     log.info("shards: tasks %s, CXR root %s, paired %s, out %s", cfg.tasks, root, paired, cfg.out)
