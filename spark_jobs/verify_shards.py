@@ -73,12 +73,17 @@ def verify_with_tables(root: str, tables: str | None = None, spark=None) -> list
 
     ``tables``: the ETL's out; None: the one the manifest names.
     """
+    return _check(root, tables, spark)[0]
+
+
+def _check(root: str, tables: str | None, spark) -> tuple[list[str], dict[str, Any] | None]:
+    """(problems, the manifest or None when it could not be read)."""
     problems, manifest, found = inspect(root)
     if manifest is None:
-        return problems
+        return problems, None
     tables = tables or manifest.get("sources", {}).get("tables")
     if not tables:
-        return [*problems, f"{root}: the manifest names no gold tables; give tables=PATH"]
+        return [*problems, f"{root}: the manifest names no gold tables; give tables=PATH"], manifest
     from pyspark.sql import SparkSession
 
     # A session this call did not start (a caller's, a test's) is used and left running.
@@ -87,7 +92,7 @@ def verify_with_tables(root: str, tables: str | None = None, spark=None) -> list
     if own:
         spark = build_spark(SparkConfig(master="local[2]", app_name="verify-shards", shuffle_partitions=4))
     try:
-        return problems + check_gold(spark, tables, manifest, found)
+        return problems + check_gold(spark, tables, manifest, found), manifest
     finally:
         if own:
             spark.stop()
@@ -104,14 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         tables = word.split("=", 1)[1]
     try:
-        problems = verify_with_tables(root, tables)
+        problems, manifest = _check(root, tables, None)
     except FileNotFoundError as err:
-        problems = [str(err)]
-    manifest = None
-    if not problems:
-        from shards.manifest import read_manifest
-
-        manifest = read_manifest(root)
+        problems, manifest = [str(err)], None
     return report(root, problems, manifest, "verify_shards")
 
 
