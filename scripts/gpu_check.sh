@@ -3,7 +3,7 @@
 # uni_cxr / MedFuse / uni_ehr-sequence training samples/s per GPU at 1 and N ranks (data-loader
 # share, GPU utilisation), and the S3 (moto on loopback) -> DALI path. See scripts/gpu_check.py.
 #
-#   scripts/gpu_check.sh [PYTHON] [--no-write]   # default: .venv/bin/python, else python3
+#   scripts/gpu_check.sh [PYTHON] [--no-write] [--out DIR] [--steps N]   # PYTHON: .venv/bin/python, else python3
 #
 # Appends the table, with the machine, to BENCHMARKS.md unless --no-write. Needs CUDA GPU(s),
 # torch with CUDA, nvidia-dali-cuda120, moto. Exit status != 0 when a step fails (2: no GPU).
@@ -11,11 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=""
 WRITE="--write"
-for arg in "$@"; do
-  if [[ "$arg" == "--no-write" ]]; then WRITE=""; else PY="$arg"; fi
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --no-write) WRITE="" ;;
+    --out | --steps) EXTRA+=("$1" "$2"); shift ;;
+    *) PY="$1" ;;
+  esac
+  shift
 done
 if [[ -z "$PY" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout 480 "$PY" scripts/gpu_check.py $WRITE
+exec timeout 480 "$PY" scripts/gpu_check.py $WRITE "${EXTRA[@]}"

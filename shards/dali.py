@@ -64,16 +64,21 @@ class DaliResources:
     prefetch_queue_depth: int = 2
 
 
-def device_id_for(device: Device, local_rank: int | None = None) -> int | None:
+def device_id_for(device: Device, local_rank: int | None = None, gpus: int | None = None) -> int | None:
     """The GPU this rank's pipeline runs on: the rank's local device (``LOCAL_RANK``, as torchrun
-    sets it and as the trainer's ``cuda:<local_rank>``), none for CPU pipelines. A fixed 0 would
-    put every rank of a node on the first GPU."""
+    sets it), wrapped by the ``gpus`` visible when ranks share GPUs — the trainer's own
+    ``trainer.distributed.cuda_index`` — and none for CPU pipelines. A fixed 0 would put every
+    rank of a node on the first GPU."""
     if device == "cpu":
         return None
     rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
     if rank < 0:
         raise ValueError(f"local rank must be >= 0, got {rank}")
-    return rank
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return rank % gpus if gpus > 0 else rank
 
 
 def size_resources(cpus: int, local_ranks: int, threads: int = 0, prefetch: int = 2) -> DaliResources:

@@ -100,3 +100,17 @@ def test_every_trainable_model_runs_ddp_without_find_unused_parameters(tmp_path)
 def test_an_unused_weight_makes_the_ddp_check_fail(tmp_path):
     with pytest.raises(Exception, match="no gradient for unused"):
         _spawn(tmp_path, ["uni_ehr"], unused_control=True)
+
+
+def test_ranks_sharing_a_gpu_wrap_onto_it_and_use_gloo():
+    """NCCL refuses two ranks on one device, so 2 processes on a 1-GPU node run over gloo on
+    cuda:0; with a GPU per rank, each rank owns its local device over NCCL."""
+    from trainer.distributed import cuda_index, process_group_backend
+
+    assert [cuda_index(r, 8) for r in range(8)] == list(range(8))
+    assert [cuda_index(r, 1) for r in range(2)] == [0, 0]
+    assert process_group_backend(True, local_ranks=8, gpus=8) == "nccl"
+    assert process_group_backend(True, local_ranks=2, gpus=1) == "gloo"
+    assert process_group_backend(False, local_ranks=2, gpus=0) == "gloo"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        cuda_index(0, 0)

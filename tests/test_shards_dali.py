@@ -69,11 +69,14 @@ def test_each_rank_decodes_on_its_local_gpu(monkeypatch):
     from shards.dali import device_id_for
 
     assert device_id_for("cpu", 3) is None
-    assert [device_id_for("mixed", r) for r in range(8)] == list(range(8))
+    assert [device_id_for("mixed", r, gpus=8) for r in range(8)] == list(range(8))
+    # more ranks than GPUs (two processes sharing one): wrapped, as trainer.distributed does
+    assert [device_id_for("mixed", r, gpus=1) for r in range(2)] == [0, 0]
+    assert [device_id_for("mixed", r, gpus=2) for r in range(4)] == [0, 1, 0, 1]
     monkeypatch.setenv("LOCAL_RANK", "5")
-    assert device_id_for("mixed") == 5 and device_id_for("cpu") is None
+    assert device_id_for("mixed", gpus=8) == 5 and device_id_for("cpu") is None
     with pytest.raises(ValueError, match="local rank"):
-        device_id_for("mixed", -1)
+        device_id_for("mixed", -1, gpus=8)
 
 
 def test_pipeline_threads_share_the_node_between_ranks(monkeypatch):

@@ -44,14 +44,38 @@ def init_distributed(device: str = "auto") -> DistContext:
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is visible")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    gpus = torch.cuda.device_count() if use_cuda else 0
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        index = cuda_index(local_rank, gpus)
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend = process_group_backend(use_cuda, local_world, gpus)
+        if use_cuda and backend == "gloo":
+            log.warning(
+                "%d ranks share %d GPU(s) on this node: gloo instead of NCCL (NCCL refuses two "
+                "ranks on one device); correct but slower",
+                local_world,
+                gpus,
+            )
+        dist.init_process_group(backend=backend)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def cuda_index(local_rank: int, gpus: int) -> int:
+    """The rank's GPU: its local rank, wrapped when a node runs more ranks than it has GPUs
+    (several processes then share a device)."""
+    if gpus < 1:
+        raise RuntimeError("no CUDA device is visible")
+    return local_rank % gpus
+
+
+def process_group_backend(use_cuda: bool, local_ranks: int, gpus: int) -> str:
+    """NCCL when each local rank has its own GPU; gloo on CPU and when ranks share a GPU."""
+    return "nccl" if use_cuda and local_ranks <= gpus else "gloo"
 
 
 def shutdown() -> None:
