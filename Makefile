@@ -96,6 +96,15 @@ compare: shards
 bench-models: setup
 	$(PY) scripts/bench_models.py $(BENCH_ARGS)
 
+# --- the benchmark protocol (trainer/benchmark.py): lr search x seeds, tables in $(RESULTS)/tables
+RESULTS ?= $(DATA)/results-$(PATIENTS)p-seed$(SEED)
+BENCHMARK_PRESET ?= quick
+BENCHMARK_ARGS ?= parallel=2
+
+.PHONY: benchmark
+benchmark: shards
+	$(PY) -m trainer.benchmark shards=$(SHARDS_OUT) out=$(RESULTS) preset=$(BENCHMARK_PRESET) $(BENCHMARK_ARGS)
+
 # generator -> ETL -> shards (verified) -> a unimodal run -> unimodal vs MedFuse
 demo: shards
 	$(PY) -m spark_jobs.verify_shards $(SHARDS_OUT) tables=$(ETL_OUT)

@@ -1,0 +1,517 @@
+"""The benchmark protocol: learning-rate search and seeds for every task x model, resumable, in
+one command; every trial recorded in a table the reports are made from.
+
+    python -m trainer.benchmark shards=DIR out=results [preset=quick|paper] [tasks=ihm,pheno]
+        [models=uni_ehr,uni_cxr,early] [parallel=2] [-- TRAINER WORDS...]
+
+For each task x model (``conf/benchmark/<preset>.yaml``): ``trials`` runs at learning rates drawn
+from the preset's range (seed 0; the draw is seeded by task, model and trial, so a rerun asks for
+the same rates), the best by the task's validation selection metric, then the other seeds at
+that rate. A model that starts from unimodal runs (early, MedFuse, late, ...) is given the
+checkpoints of the selected unimodal runs of the same seed (``model.<slot>_ckpt=...``), so it
+waits for them; the preset's ``model_args`` say which task an encoder comes from (the paper
+pretrains the CXR encoder on radiology).
+
+Resumable: a trial whose run folder holds ``metrics.json`` of the same run identity
+(``trainer.identity``) is not run again; an unfinished one resumes from its last checkpoint (the
+trainer's own resume). Trials run side by side, ``parallel`` at a time (CPU processes; with GPUs,
+one per GPU). ``OUT/trials.parquet`` has one row per trial (run folder, learning rate, seed,
+validation and test metrics, status); ``OUT/logs/`` each trial's output; the reports
+(``scripts/report.py OUT``) are made from the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from conf import typed
+from conf.tasks import TASK_NAMES, task_spec
+
+log = logging.getLogger("medmod.benchmark")
+REPO = Path(__file__).resolve().parents[1]
+TRIALS_FILE = "trials.parquet"
+SEARCH, SEEDS = "search", "seed"
+
+
+@dataclass
+class LrRange:
+    low: float = 1e-6
+    high: float = 1e-2
+    scale: Literal["uniform", "log"] = "uniform"
+
+
+@dataclass
+class Preset:
+    """A protocol (``conf/benchmark/<name>.yaml``)."""
+
+    lr: LrRange = field(default_factory=LrRange)
+    trials: dict[str, int] = field(default_factory=dict)  # by task; a task not named: 1
+    seeds: int = 5
+    models: list[str] = field(default_factory=list)
+    train: list[str] = field(default_factory=list)  # trainer words for every run
+    task_train: dict[str, list[str]] = field(default_factory=dict)  # more words by task
+    model_args: dict[str, list[str]] = field(default_factory=dict)  # more words by model
+
+
+@dataclass
+class BenchmarkConfig:
+    shards: str = ""
+    out: str = "results"
+    preset: str = "quick"
+    tasks: list[str] = field(default_factory=list)  # empty: every task
+    models: list[str] = field(default_factory=list)  # empty: the preset's
+    parallel: int = 1
+    gpus: int = 0  # > 0: one trial per GPU (CUDA_VISIBLE_DEVICES), parallel = gpus
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trainer run of the protocol."""
+
+    task: str
+    model: str
+    stage: str  # SEARCH (seed 0, a drawn rate) or SEEDS (another seed at the selected rate)
+    index: int  # search: the trial number; seeds: the seed
+    lr: float | None  # None: the model trains nothing (late fusion)
+
+    @property
+    def seed(self) -> int:
+        return 0 if self.stage == SEARCH else self.index
+
+    @property
+    def run_name(self) -> str:
+        return f"search{self.index}" if self.stage == SEARCH else "final"
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.model}/{self.run_name}/{self.seed}"
+
+
+def load_preset(name: str) -> Preset:
+    preset = typed.build(Preset, typed.load_yaml(typed.preset_path("benchmark", name)), "preset")
+    unknown = sorted(set(preset.trials) - set(TASK_NAMES))
+    if unknown:
+        raise typed.ConfigError(f"preset {name!r}: trials for unknown task(s) {unknown}")
+    return preset
+
+
+def draw_lr(lr: LrRange, task: str, model: str, trial: int) -> float:
+    """The learning rate of one search trial: seeded by what the trial is, so a rerun (or a
+    resumed benchmark) draws the same rate, and adding a model changes no other model's rates."""
+    rng = random.Random(f"{task}/{model}/{trial}")
+    if lr.scale == "log":
+        return float(math.exp(rng.uniform(math.log(lr.low), math.log(lr.high))))
+    return float(rng.uniform(lr.low, lr.high))
+
+
+def is_trainable(model: str) -> bool:
+    from trainer.models import model_class
+
+    return bool(getattr(model_class(model), "trainable", True))
+
+
+def search_trials(preset: Preset, task: str, model: str) -> list[Trial]:
+    if not is_trainable(model):
+        return [Trial(task, model, SEARCH, 0, None)]
+    count = preset.trials.get(task, 1)
+    return [Trial(task, model, SEARCH, i, draw_lr(preset.lr, task, model, i)) for i in range(count)]
+
+
+def upstream(preset: Preset, task: str, model: str) -> dict[str, tuple[str, str, str]]:
+    """The unimodal runs ``model`` starts from on ``task``: slot -> (config field, task, model)."""
+    from trainer.models import model_class, model_config
+
+    args = typed.parse_overrides(preset.model_args.get(model, []))
+    cfg = model_config(model, args.get("model", {}))
+    return {
+        slot: (need.path_field, need.source_task(cfg, task), need.model)
+        for slot, need in model_class(model).checkpoint_inputs(cfg).items()
+    }
+
+
+@dataclass
+class Outcome:
+    trial: Trial
+    status: str  # done | reused | failed | blocked
+    run_dir: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def val(self, name: str) -> float:
+        return metric_value(self.metrics, "val", name)
+
+
+def metric_value(metrics: dict[str, Any], split: str, name: str) -> float:
+    try:
+        return float(metrics[split]["metrics"][name]["value"])
+    except (KeyError, TypeError, ValueError):
+        return float("nan")
+
+
+class Protocol:
+    """The trial graph: what may run now, what was selected, and the trainer words of a trial."""
+
+    def __init__(self, cfg: BenchmarkConfig, preset: Preset, extra: list[str]):
+        self.cfg, self.preset, self.extra = cfg, preset, extra
+        self.tasks = cfg.tasks or list(TASK_NAMES)
+        self.models = cfg.models or preset.models
+        self.outcomes: dict[Trial, Outcome] = {}
+        self.pending: list[Trial] = []
+        self.selected: dict[tuple[str, str], Trial] = {}
+        self.check_plan()
+        for task in self.tasks:
+            for model in self.models:
+                self.pending += search_trials(preset, task, model)
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.cfg.out) / "runs"
+
+    def check_plan(self) -> None:
+        """Every unimodal run a model needs is part of the plan: a clear error now, not a
+        fusion trial waiting forever."""
+        for task in self.tasks:
+            task_spec(task)
+            for model in self.models:
+                for _field, src_task, src_model in upstream(self.preset, task, model).values():
+                    if src_model not in self.models or src_task not in self.tasks:
+                        raise typed.ConfigError(
+                            f"{model} on {task} starts from {src_model} on {src_task}, which this "
+                            f"benchmark does not train: add {src_model} to models and {src_task} to tasks"
+                        )
+
+    def source_trial(self, task: str, model: str, seed: int) -> Trial | None:
+        """The selected run of ``model`` on ``task`` for ``seed`` (None: not selected yet):
+        seed 0 is the best search trial itself, another seed its rate rerun with that seed."""
+        best = self.selected.get((task, model))
+        if best is None:
+            return None
+        return best if seed == 0 else Trial(task, model, SEEDS, seed, best.lr)
+
+    def inputs(self, trial: Trial) -> dict[str, Trial] | None:
+        """By config field, the finished upstream trial of each input; None while one is not."""
+        found: dict[str, Trial] = {}
+        for path_field, task, model in upstream(self.preset, trial.task, trial.model).values():
+            source = self.source_trial(task, model, trial.seed)
+            if source is None:
+                return None
+            done = self.outcomes.get(source)
+            if done is None or done.status not in ("done", "reused"):
+                return None
+            found[path_field] = source
+        return found
+
+    def blocked_by(self, trial: Trial) -> str | None:
+        """The failed upstream trial that means ``trial`` can never run."""
+        for _field, task, model in upstream(self.preset, trial.task, trial.model).values():
+            if any(
+                o.status in ("failed", "blocked")
+                for t, o in self.outcomes.items()
+                if (t.task, t.model) == (task, model)
+            ):
+                return f"{model} on {task} failed"
+        return None
+
+    def run_dir(self, trial: Trial) -> Path:
+        return self.runs_dir / trial.task / trial.model / trial.run_name / str(trial.seed)
+
+    def words(self, trial: Trial, inputs: dict[str, Trial]) -> list[str]:
+        from trainer.runtime import run_checkpoint
+
+        words = [f"task={trial.task}", f"model={trial.model}", f"data.shards={self.cfg.shards}"]
+        words += [
+            f"train.runs_dir={self.runs_dir}",
+            f"train.run_name={trial.run_name}",
+            f"train.seed={trial.seed}",
+        ]
+        if trial.lr is not None:
+            words.append(f"optim.lr={trial.lr!r}")
+        words += ["train.progress=never", *self.preset.train, *self.preset.task_train.get(trial.task, [])]
+        words += self.preset.model_args.get(trial.model, [])
+        for path_field, source in inputs.items():
+            ckpt = run_checkpoint(self.runs_dir, source.task, source.model, source.seed, source.run_name)
+            words.append(f"model.{path_field}={ckpt}")
+        return words + self.extra
+
+    def record(self, outcome: Outcome) -> None:
+        """A finished trial; when the last search trial of a pair is in, select and queue seeds."""
+        self.outcomes[outcome.trial] = outcome
+        t = outcome.trial
+        if t in self.pending:
+            self.pending.remove(t)
+        if t.stage != SEARCH:
+            return
+        pair = [
+            o for tr, o in self.outcomes.items() if (tr.task, tr.model, tr.stage) == (t.task, t.model, SEARCH)
+        ]
+        if len(pair) < len(search_trials(self.preset, t.task, t.model)):
+            return
+        best = select(pair, task_spec(t.task).selection_metric)
+        if best is None:
+            return
+        self.selected[(t.task, t.model)] = best
+        self.pending += [Trial(t.task, t.model, SEEDS, s, best.lr) for s in range(1, self.preset.seeds)]
+
+
+def select(outcomes: list[Outcome], metric: str) -> Trial | None:
+    """The search trial with the best validation ``metric`` (all of this task's metrics in the
+    selection are higher-is-better: AUROC, kappa); None when none finished."""
+    finished = [o for o in outcomes if o.status in ("done", "reused") and not math.isnan(o.val(metric))]
+    if not finished:
+        finished = [o for o in outcomes if o.status in ("done", "reused")]
+        if not finished:
+            return None
+    return max(
+        finished,
+        key=lambda o: (o.val(metric) if not math.isnan(o.val(metric)) else -math.inf, -o.trial.index),
+    ).trial
+
+
+def finished_metrics(run_dir: Path, words: list[str]) -> dict[str, Any] | None:
+    """``metrics.json`` of the run in ``run_dir`` when that run finished and is the run these
+    words ask for (the same identity); None: it has to be run (or resumed)."""
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        return None
+    from shards.manifest import read_manifest
+    from trainer import identity as run_id
+    from trainer.config import load_run_config
+
+    stored = run_id.stored_identity(run_dir)
+    if stored is None:
+        return None
+    cfg = load_run_config(words)
+    keys = run_id.training_identity(cfg, read_manifest(cfg.data.shards))
+    if run_id.differences(stored.keys, keys):
+        return None
+    return json.loads(metrics_file.read_text())
+
+
+def trial_program(trial: Trial) -> list[str]:
+    """The trainer; for a model with nothing to train (late fusion), its scoring into the run
+    folder (``trainer.rescore task=... model=...``)."""
+    if trial.lr is None:  # scored like a trained run: val for the selection, then test
+        return [sys.executable, "-m", "trainer.rescore", "split=val,test"]
+    return [sys.executable, "trainer/train.py"]
+
+
+def run_trial(trial: Trial, words: list[str], run_dir: Path, logs: Path, env: dict[str, str]) -> Outcome:
+    """One trainer process, or the reuse of its finished run; any failure is the trial's
+    outcome (the other trials go on)."""
+    try:
+        return _run_trial(trial, words, run_dir, logs, env)
+    except Exception as err:  # noqa: BLE001 - reported in the trial table, not a crash of the rest
+        log.exception("trial %s", trial.key)
+        return Outcome(trial, "failed", str(run_dir), error=f"{type(err).__name__}: {err}"[:300])
+
+
+def _run_trial(trial: Trial, words: list[str], run_dir: Path, logs: Path, env: dict[str, str]) -> Outcome:
+    """One trainer process; its output goes to ``logs/<trial>.log``."""
+    start = time.perf_counter()
+    reused = finished_metrics(run_dir, words)
+    if reused is not None:
+        return Outcome(trial, "reused", str(run_dir), 0.0, reused)
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / (trial.key.replace("/", "_") + ".log")
+    with log_file.open("w") as out:
+        out.write("$ " + " ".join([*trial_program(trial), *words]) + "\n")
+        out.flush()
+        code = subprocess.call(
+            [*trial_program(trial), *words],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    seconds = time.perf_counter() - start
+    metrics_file = run_dir / "metrics.json"
+    if code != 0 or not metrics_file.is_file():
+        tail = [line for line in log_file.read_text().splitlines() if line.strip()][-1:]
+        return Outcome(
+            trial, "failed", str(run_dir), seconds, error=f"exit {code}: {' '.join(tail)[:300]} ({log_file})"
+        )
+    return Outcome(trial, "done", str(run_dir), seconds, json.loads(metrics_file.read_text()))
+
+
+def trial_row(o: Outcome, selected: set[Trial]) -> dict[str, Any]:
+    t = o.trial
+    row: dict[str, Any] = {
+        "task": t.task,
+        "model": t.model,
+        "stage": t.stage,
+        "trial": t.index if t.stage == SEARCH else None,
+        "seed": t.seed,
+        "lr": t.lr,
+        "status": o.status,
+        "selected": t in selected,
+        "run_dir": o.run_dir,
+        "seconds": round(o.seconds, 2),
+        "error": o.error,
+    }
+    for split in ("val", "test"):
+        for name, m in ((o.metrics.get(split) or {}).get("metrics") or {}).items():
+            row[f"{split}_{name}"] = m.get("value")
+            if split == "test":
+                row[f"test_{name}_ci_low"] = m.get("ci_low")
+                row[f"test_{name}_ci_high"] = m.get("ci_high")
+    return row
+
+
+def write_trials(protocol: Protocol, out: Path) -> Path:
+    """The trial table, replaced atomically (a reader never sees half of it)."""
+    import pandas as pd
+
+    chosen = set(protocol.selected.values())
+    chosen |= {t for t in protocol.outcomes if t.stage == SEEDS}
+    rows = [trial_row(o, chosen) for o in protocol.outcomes.values()]
+    frame = pd.DataFrame(rows).sort_values(["task", "model", "stage", "seed", "trial"], na_position="last")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / TRIALS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def device_env(slot: int, gpus: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if gpus > 0:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    else:
+        # N trainers side by side on N cores: one intra-op thread each, not N each.
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def execute(protocol: Protocol) -> int:
+    """Run the trial graph to the end; returns the number of failed or blocked trials."""
+    out = Path(protocol.cfg.out)
+    gpus = protocol.cfg.gpus
+    width = gpus if gpus > 0 else max(1, protocol.cfg.parallel)
+    running: dict[Future, tuple[Trial, int]] = {}
+    free = list(range(width))
+    with ThreadPoolExecutor(max_workers=width) as pool:
+        while protocol.pending or running:
+            for trial in list(protocol.pending):
+                if not free:
+                    break
+                reason = protocol.blocked_by(trial)
+                if reason:
+                    protocol.pending.remove(trial)
+                    protocol.record(Outcome(trial, "blocked", error=reason))
+                    continue
+                inputs = protocol.inputs(trial)
+                if inputs is None:
+                    continue
+                protocol.pending.remove(trial)
+                slot = free.pop()
+                words = protocol.words(trial, inputs)
+                fut = pool.submit(
+                    run_trial, trial, words, protocol.run_dir(trial), out / "logs", device_env(slot, gpus)
+                )
+                running[fut] = (trial, slot)
+            if not running:
+                if protocol.pending:  # nothing can start and nothing runs: a dependency never finished
+                    for trial in protocol.pending:
+                        protocol.record(Outcome(trial, "blocked", error="an input run was never selected"))
+                    protocol.pending = []
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                trial, slot = running.pop(fut)
+                free.append(slot)
+                outcome = fut.result()
+                protocol.record(outcome)
+                log_outcome(outcome, len(protocol.outcomes), len(protocol.pending) + len(running))
+            write_trials(protocol, out)
+    write_trials(protocol, out)
+    return sum(o.status in ("failed", "blocked") for o in protocol.outcomes.values())
+
+
+def log_outcome(o: Outcome, finished: int, left: int) -> None:
+    t = o.trial
+    lr = "-" if t.lr is None else f"{t.lr:.2e}"
+    sel = task_spec(t.task).selection_metric
+    detail = o.error if o.error else f"val {sel} {o.val(sel):.4f}, {o.seconds:.0f} s"
+    log.info("[%d done, %d to go] %s lr=%s %s: %s", finished, left, t.key, lr, o.status, detail)
+
+
+USAGE = __doc__
+
+
+def load_config(words: list[str]) -> tuple[BenchmarkConfig, list[str]]:
+    """``key=value`` words of the benchmark, then ``--`` and words for every trainer run."""
+    if "--" in words:
+        cut = words.index("--")
+        words, extra = words[:cut], words[cut + 1 :]
+    else:
+        extra = []
+    raw = typed.parse_overrides(words)
+    for key in ("tasks", "models"):
+        if isinstance(raw.get(key), str):
+            raw[key] = [w for w in raw[key].split(",") if w]
+    cfg = typed.build(BenchmarkConfig, raw)
+    if not cfg.shards:
+        raise typed.ConfigError("shards=DIR (or s3://...) is required: the shard set every trial trains on")
+    if cfg.parallel < 1:
+        raise typed.ConfigError(f"parallel must be >= 1, got {cfg.parallel}")
+    unknown = [t for t in cfg.tasks if t not in TASK_NAMES]
+    if unknown:
+        raise typed.ConfigError(f"unknown task(s) {unknown}; tasks: {list(TASK_NAMES)}")
+    return cfg, extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.distributed import setup_logging
+    from trainer.models import list_models
+
+    words = sys.argv[1:] if argv is None else argv
+    loaded = typed.from_command_line(words, load_config, USAGE)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, extra = loaded
+    setup_logging(0)
+    try:
+        preset = load_preset(cfg.preset)
+        unknown = [m for m in (cfg.models or preset.models) if m not in list_models()]
+        if unknown:
+            raise typed.ConfigError(f"unknown model(s) {unknown}; models: {list_models()}")
+        protocol = Protocol(cfg, preset, extra)
+    except typed.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    log.info(
+        "benchmark %s: %d task(s) x %d model(s), %d search trial(s), %d seed(s) -> %s",
+        cfg.preset,
+        len(protocol.tasks),
+        len(protocol.models),
+        len(protocol.pending),
+        preset.seeds,
+        cfg.out,
+    )
+    failed = execute(protocol)
+    log.info("trials: %s", Path(cfg.out) / TRIALS_FILE)
+    if failed:
+        log.error("%d trial(s) failed or were blocked: see the status and error columns", failed)
+        return 1
+    from trainer.report import write_reports
+
+    for path in write_reports(Path(cfg.out)):
+        log.info("report: %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

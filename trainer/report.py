@@ -1,0 +1,256 @@
+"""The benchmark's tables, from its trial table (``trainer.benchmark``): Markdown, CSV and LaTeX
+in the paper's layout, mean +/- std over the seed runs of each task x model.
+
+    python scripts/report.py RESULTS        # RESULTS/trials.parquet -> RESULTS/tables/
+
+- ``table3``: supervised results (the paper's Table 3): per task its headline metrics
+  (AUROC / AUPRC; LOS: kappa / MAD in hours);
+- ``table10_ece``: expected calibration error (Table 10);
+- ``table11_gain``: relative gain of the best multimodal model over the best unimodal one, per
+  task and metric (Table 11; for MAD, lower is better, so the gain is the relative reduction);
+- ``selection``: each task x model's search: trials, the selected learning rate and its
+  validation metric, the run folders behind every cell.
+A cell is ``mean ± std (n)`` over the seed runs that finished; std is the sample std (n - 1).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from conf.tasks import TASK_NAMES, task_spec
+
+TRIALS_FILE = "trials.parquet"
+LOWER_IS_BETTER = {"mad_hours", "ece"}
+HEADLINE = {
+    "binary": ("auroc", "auprc"),
+    "multilabel": ("auroc_macro", "auprc_macro"),
+    "multiclass": ("kappa", "mad_hours"),
+}
+LABELS = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "auroc_macro": "AUROC",
+    "auprc_macro": "AUPRC",
+    "kappa": "Kappa",
+    "mad_hours": "MAD (h)",
+    "ece": "ECE",
+}
+
+
+def headline(task: str) -> tuple[str, ...]:
+    """The task's reported metrics, by its kind (trainer.metrics.HEADLINE's names)."""
+    return HEADLINE[task_spec(task).kind]
+
+
+def read_trials(results: Path) -> pd.DataFrame:
+    path = Path(results) / TRIALS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run `python -m trainer.benchmark out={results} ...` first"
+        )
+    return pd.read_parquet(path)
+
+
+def seed_runs(trials: pd.DataFrame) -> pd.DataFrame:
+    """The runs a reported cell averages: the selected trial and the other seeds, finished."""
+    ok = trials["status"].isin(["done", "reused"]) & trials["selected"].astype(bool)
+    return trials[ok]
+
+
+def summary(values: pd.Series) -> tuple[float, float, int]:
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    n = len(v)
+    mean = float(v.mean()) if n else math.nan
+    std = float(v.std(ddof=1)) if n > 1 else math.nan
+    return mean, std, n
+
+
+def cell(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "—"
+    if math.isnan(std):
+        return f"{mean:.3f} ({n})"
+    return f"{mean:.3f} ± {std:.3f} ({n})"
+
+
+def ordered(values: list[str], order: list[str]) -> list[str]:
+    return [v for v in order if v in values] + sorted(v for v in values if v not in order)
+
+
+def metric_table(runs: pd.DataFrame, metrics_of: Any, models: list[str], tasks: list[str]) -> pd.DataFrame:
+    """Rows: models; columns: (task, metric); cells: mean ± std (n) of ``test_<metric>``."""
+    columns = [(t, m) for t in tasks for m in metrics_of(t)]
+    rows = []
+    for model in models:
+        rows.append(
+            [
+                cell(
+                    *summary(
+                        runs[(runs.task == t) & (runs.model == model)].get(
+                            f"test_{m}", pd.Series(dtype=float)
+                        )
+                    )
+                )
+                for t, m in columns
+            ]
+        )
+    index = pd.Index(models, name="model")
+    return pd.DataFrame(rows, index=index, columns=[f"{t} {LABELS.get(m, m)}" for t, m in columns])
+
+
+def is_unimodal(model: str) -> bool:
+    from trainer.models import model_class
+    from trainer.models.unimodal import UniCXR, UniEHR
+
+    return issubclass(model_class(model), (UniEHR, UniCXR))
+
+
+def gain_table(runs: pd.DataFrame, models: list[str], tasks: list[str]) -> pd.DataFrame:
+    """Per task and headline metric: the best unimodal and best multimodal mean, relative gain."""
+    rows = []
+    for task in tasks:
+        for metric in headline(task):
+            means = {
+                m: summary(
+                    runs[(runs.task == task) & (runs.model == m)].get(
+                        f"test_{metric}", pd.Series(dtype=float)
+                    )
+                )[0]
+                for m in models
+            }
+            means = {m: v for m, v in means.items() if not math.isnan(v)}
+            uni = {m: v for m, v in means.items() if is_unimodal(m)}
+            multi = {m: v for m, v in means.items() if not is_unimodal(m)}
+            if not uni or not multi:
+                continue
+            pick = min if metric in LOWER_IS_BETTER else max
+            best_uni, best_multi = pick(uni, key=uni.get), pick(multi, key=multi.get)
+            u, v = uni[best_uni], multi[best_multi]
+            gain = (u - v) / u if metric in LOWER_IS_BETTER else (v - u) / u
+            rows.append(
+                {
+                    "task": task,
+                    "metric": LABELS.get(metric, metric),
+                    "best unimodal": f"{best_uni} {u:.3f}",
+                    "best multimodal": f"{best_multi} {v:.3f}",
+                    "relative gain %": f"{100 * gain:+.1f}",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def selection_table(trials: pd.DataFrame, tasks: list[str], models: list[str]) -> pd.DataFrame:
+    """Per task x model: the search, the selected rate and its validation value, and the run
+    folders every reported cell averages."""
+    rows = []
+    for task in tasks:
+        metric = task_spec(task).selection_metric
+        for model in models:
+            group = trials[(trials.task == task) & (trials.model == model)]
+            if group.empty:
+                continue
+            search = group[group.stage == "search"]
+            chosen = search[search.selected.astype(bool)]
+            best = chosen.iloc[0] if len(chosen) else None
+            value = math.nan if best is None else best.get(f"val_{metric}", math.nan)
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "trials": len(search),
+                    "failed": int(group.status.isin(["failed", "blocked"]).sum()),
+                    "selected lr": "—" if best is None or pd.isna(best.lr) else f"{best.lr:.2e}",
+                    "val selection metric": "—" if pd.isna(value) else f"{metric} {value:.4f}",
+                    "runs": "; ".join(group[group.selected.astype(bool)].run_dir.astype(str)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def to_markdown(frame: pd.DataFrame, index: bool) -> str:
+    data = frame.reset_index() if index else frame
+    head = [str(c) for c in data.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in data.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(frame: pd.DataFrame, index: bool) -> str:
+    data = frame.reset_index() if index else frame
+
+    def esc(v: Any) -> str:
+        text = str(v).replace("±", "$\\pm$")
+        for ch in ("_", "%", "&", "#"):
+            text = text.replace(ch, "\\" + ch)
+        return text
+
+    lines = ["\\begin{tabular}{" + "l" * len(data.columns) + "}", "\\toprule"]
+    lines.append(" & ".join(esc(c) for c in data.columns) + " \\\\")
+    lines.append("\\midrule")
+    lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in data.itertuples(index=False)]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(frame: pd.DataFrame, folder: Path, name: str, title: str, index: bool) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.md", folder / f"{name}.csv", folder / f"{name}.tex"]
+    paths[0].write_text(f"### {title}\n\n" + to_markdown(frame, index))
+    frame.to_csv(paths[1], index=index)
+    paths[2].write_text(to_latex(frame, index))
+    return paths
+
+
+def build_tables(trials: pd.DataFrame) -> dict[str, tuple[str, pd.DataFrame, bool]]:
+    """name -> (title, table, whether the index is a column) from a trial table."""
+    runs = seed_runs(trials)
+    tasks = ordered(list(trials.task.unique()), list(TASK_NAMES))
+    models = ordered(list(trials.model.unique()), _registry_order())
+    return {
+        "table3": (
+            "Supervised, test set (mean ± std over seeds, n runs)",
+            metric_table(runs, headline, models, tasks),
+            True,
+        ),
+        "table10_ece": (
+            "Expected calibration error, test set",
+            metric_table(runs, lambda t: ("ece",), models, tasks),
+            True,
+        ),
+        "table11_gain": (
+            "Best multimodal vs best unimodal (relative gain)",
+            gain_table(runs, models, tasks),
+            False,
+        ),
+        "selection": (
+            "Learning-rate search and the runs behind each cell",
+            selection_table(trials, tasks, models),
+            False,
+        ),
+    }
+
+
+def _registry_order() -> list[str]:
+    """Unimodal models first (EHR before CXR), then the fusion models by name."""
+    from trainer.models import list_models
+
+    names = list(list_models())
+    return sorted(names, key=lambda m: (not is_unimodal(m), "cxr" in m, m))
+
+
+def write_reports(results: Path) -> list[Path]:
+    """Every table of ``results/trials.parquet`` under ``results/tables``; the Markdown files
+    also joined in ``results/tables/README.md``."""
+    folder = Path(results) / "tables"
+    paths: list[Path] = []
+    joined = []
+    for name, (title, frame, index) in build_tables(read_trials(results)).items():
+        written = write_table(frame, folder, name, title, index)
+        joined.append(written[0].read_text())
+        paths += written
+    (folder / "README.md").write_text("\n".join(joined))
+    return [folder / "README.md", *paths]
