@@ -289,3 +289,9 @@ def test_image_and_feature_sizes_are_checked_where_they_meet(shard_root, tmp_pat
     with pytest.raises(ConfigError, match="vit_image_size=64 differs from data.image_crop=56"):
         runtime.build_model(vit)
     assert build_data(load_run_config(["task=ihm", *words(shard_root, tmp_path)]), CPU).steps_per_epoch > 0
+
+
+def test_a_fusion_run_without_its_unimodal_runs_is_one_error_line(shard_root, tmp_path, caplog):
+    code = train.main(words(shard_root, tmp_path / "runs", "task=ihm", "model=medfuse"))
+    assert code == runtime.EXIT_CONFIG
+    assert "PretrainedError: uni_ehr checkpoint not found" in caplog.text and "Traceback" not in caplog.text

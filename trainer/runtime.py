@@ -21,6 +21,7 @@ from trainer.components import Checkpointer
 from trainer.config import RunConfig, run_root
 from trainer.data import DataError
 from trainer.distributed import DistContext, init_distributed, setup_logging, shutdown
+from trainer.models.pretrained import PretrainedError
 
 log = logging.getLogger("medmod.trainer")
 
@@ -38,6 +39,7 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (DataError, EXIT_DATA),
     (typed.ConfigError, EXIT_CONFIG),
     (ckpt.CheckpointError, EXIT_CONFIG),
+    (PretrainedError, EXIT_CONFIG),  # a fusion run whose unimodal runs are missing or do not fit
 )
 
 
