@@ -14,7 +14,6 @@ import argparse
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,34 +25,18 @@ import bench_common as bc  # noqa: E402
 from trainer.models import list_models  # noqa: E402
 from trainer.models.paper import PAPER_MILLIONS  # noqa: E402
 from trainer.models.registry import create_model, model_class  # noqa: E402
+from trainer.models.timing import make_batch, time_forward, trainable_parameters  # noqa: E402
 from trainer.tasks import task_spec  # noqa: E402
 
 log = logging.getLogger("medmod.bench_models")
 
 
-def make_batch(batch: int, steps: int, image: int) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "ehr": torch.randn(batch, steps, 76, generator=gen),
-        "ehr_len": torch.full((batch,), steps, dtype=torch.int64),
-        "image": torch.randn(batch, 3, image, image, generator=gen),
-        "has_image": torch.ones(batch, dtype=torch.bool),
-    }
-
-
 def time_model(name: str, batch: dict, warmup: int, repeats: int) -> tuple[list[float], list[float], int]:
     """Wall and CPU seconds of each timed batch, and the model's trainable parameter count."""
     fields = model_class(name).config_class.__dataclass_fields__
-    model = create_model(name, {"init": "random"} if "init" in fields else None, task_spec("ihm")).eval()
-    wall, cpu = [], []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            model(batch)
-            if i >= warmup:
-                wall.append(time.perf_counter() - start)
-                cpu.append(time.process_time() - start_cpu)
-    return wall, cpu, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model = create_model(name, {"init": "random"} if "init" in fields else None, task_spec("ihm"))
+    wall, cpu = time_forward(model, batch, warmup, repeats)
+    return wall, cpu, trainable_parameters(model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -135,7 +136,7 @@ def test_tables_average_the_seed_runs_and_compare_best_multimodal_to_best_unimod
     assert gain.loc[("los", "MAD (h)"), "relative gain %"] == "+20.0"  # 100 h -> 80 h, lower is better
     (tmp_path / "res").mkdir()
     trials_frame().to_parquet(tmp_path / "res" / "trials.parquet")
-    paths = report.write_reports(tmp_path / "res")
+    paths = report.write_reports(tmp_path / "res", timing=False)
     tex = (tmp_path / "res" / "tables" / "table3.tex").read_text()
     assert "0.700 $\\pm$ 0.141 (2)" in tex and "\\begin{tabular}" in tex
     assert pd.read_csv(tmp_path / "res" / "tables" / "table3.csv", index_col=0).loc[
@@ -207,3 +208,39 @@ def test_every_shipped_preset_plans_all_tasks(name):
     assert {t.task for t in protocol.pending} == set(bm.TASK_NAMES)
     for words in [p.train, *p.task_train.values(), *p.model_args.values()]:
         assert all("=" in w for w in words)
+
+
+def test_reliability_bins_and_figures_from_run_predictions(tmp_path):
+    from trainer import figures
+
+    y = [0, 0, 1, 1, 1]
+    conf, freq, counts = figures.reliability(np.array(y, float), np.array([0.05, 0.15, 0.12, 0.95, 0.91]))
+    assert counts.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert conf[1] == pytest.approx(0.135) and freq[1] == 0.5 and math.isnan(freq[2]) and freq[9] == 1.0
+    rng = np.random.default_rng(0)
+    for task, label, score in [
+        ("ihm", rng.integers(0, 2, 40).astype(float).tolist(), rng.random(40).tolist()),
+        ("los", rng.integers(0, 10, 40).tolist(), rng.dirichlet(np.ones(10), 40).tolist()),
+    ]:
+        run = tmp_path / task
+        run.mkdir()
+        pd.DataFrame({"sample_id": range(40), "label": label, "score": score}).to_parquet(
+            run / "predictions.parquet"
+        )
+    runs = pd.DataFrame(
+        {
+            "task": ["ihm", "los"],
+            "model": ["uni_ehr"] * 2,
+            "seed": [0, 0],
+            "run_dir": [str(tmp_path / "ihm"), str(tmp_path / "los")],
+        }
+    )
+    paths = figures.write_figures(runs, tmp_path / "fig")
+    # LOS (ten buckets) gets only its top-label reliability diagram
+    assert sorted(p.name for p in paths) == [
+        "ihm_pr.png",
+        "ihm_reliability.png",
+        "ihm_roc.png",
+        "los_reliability.png",
+    ]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)

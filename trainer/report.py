@@ -8,6 +8,9 @@ in the paper's layout, mean +/- std over the seed runs of each task x model.
 - ``table10_ece``: expected calibration error (Table 10);
 - ``table11_gain``: relative gain of the best multimodal model over the best unimodal one, per
   task and metric (Table 11; for MAD, lower is better, so the gain is the relative reduction);
+- ``table8_cost``: trainable parameters (each model as its IHM run built it; the paper's count
+  beside it), forward time per batch of 16 (median CPU seconds on this machine, one thread,
+  IHM-shaped random inputs: 48 hours, 224 px) and IHM AUROC (Table 8);
 - ``selection``: each task x model's search: trials, the selected learning rate and its
   validation metric, the run folders behind every cell.
 A cell is ``mean ± std (n)`` over the seed runs that finished; std is the sample std (n - 1).
@@ -171,6 +174,62 @@ def selection_table(trials: pd.DataFrame, tasks: list[str], models: list[str]) -
     return pd.DataFrame(rows)
 
 
+def run_model(run_dir: str | Path) -> tuple[Any, str]:
+    """The model a run trained, rebuilt from its ``config.yaml`` with random weights (no
+    checkpoint files are read: parameter counts and timing do not depend on the weights)."""
+    import yaml
+
+    from trainer.models import create_model, model_class, model_config
+
+    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    name, resolved = cfg["model"]["name"], dict(cfg["model"].get("resolved") or {})
+    if "init" in model_class(name).config_class.__dataclass_fields__:
+        resolved["init"] = "random"
+    return create_model(name, model_config(name, resolved), task_spec(cfg["task"])), name
+
+
+def cost_table(runs: pd.DataFrame, models: list[str], timing: bool) -> pd.DataFrame:
+    """Table 8 from the IHM seed-0 runs: trainable parameters, inference time, IHM AUROC."""
+    import statistics
+
+    import torch
+
+    from trainer.models.paper import PAPER_MILLIONS
+    from trainer.models.timing import make_batch, time_forward, trainable_parameters
+
+    ihm = runs[runs.task == "ihm"]
+    batch = make_batch(16, 48, 224) if timing else None
+    rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for model in models:
+            first = ihm[(ihm.model == model) & (ihm.seed == 0)]
+            if first.empty:
+                continue
+            params = seconds = "—"
+            if (Path(first.iloc[0].run_dir) / "config.yaml").is_file():
+                net, _ = run_model(first.iloc[0].run_dir)
+                params = f"{trainable_parameters(net) / 1e6:.3f}"
+                if batch is not None:
+                    seconds = f"{statistics.median(time_forward(net, batch, warmup=1, repeats=3)[1]):.3f}"
+            paper = PAPER_MILLIONS.get(model)
+            rows.append(
+                {
+                    "model": model,
+                    "trainable (M)": params,
+                    "paper (M)": "—" if paper is None else f"{paper:.2f}",
+                    "CPU s / batch of 16": seconds,
+                    "IHM AUROC": cell(
+                        *summary(ihm[ihm.model == model].get("test_auroc", pd.Series(dtype=float)))
+                    ),
+                }
+            )
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame(rows)
+
+
 def to_markdown(frame: pd.DataFrame, index: bool) -> str:
     data = frame.reset_index() if index else frame
     head = [str(c) for c in data.columns]
@@ -205,8 +264,9 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, title: str, index:
     return paths
 
 
-def build_tables(trials: pd.DataFrame) -> dict[str, tuple[str, pd.DataFrame, bool]]:
-    """name -> (title, table, whether the index is a column) from a trial table."""
+def build_tables(trials: pd.DataFrame, timing: bool = True) -> dict[str, tuple[str, pd.DataFrame, bool]]:
+    """name -> (title, table, whether the index is a column) from a trial table; ``timing``:
+    measure Table 8's inference times (seconds per model on a CPU)."""
     runs = seed_runs(trials)
     tasks = ordered(list(trials.task.unique()), list(TASK_NAMES))
     models = ordered(list(trials.model.unique()), _registry_order())
@@ -226,6 +286,11 @@ def build_tables(trials: pd.DataFrame) -> dict[str, tuple[str, pd.DataFrame, boo
             gain_table(runs, models, tasks),
             False,
         ),
+        "table8_cost": (
+            "Trainable parameters, inference time, IHM AUROC",
+            cost_table(runs, models, timing),
+            False,
+        ),
         "selection": (
             "Learning-rate search and the runs behind each cell",
             selection_table(trials, tasks, models),
@@ -242,15 +307,20 @@ def _registry_order() -> list[str]:
     return sorted(names, key=lambda m: (not is_unimodal(m), "cxr" in m, m))
 
 
-def write_reports(results: Path) -> list[Path]:
+def write_reports(results: Path, timing: bool = True, figures: bool = True) -> list[Path]:
     """Every table of ``results/trials.parquet`` under ``results/tables``; the Markdown files
     also joined in ``results/tables/README.md``."""
     folder = Path(results) / "tables"
     paths: list[Path] = []
     joined = []
-    for name, (title, frame, index) in build_tables(read_trials(results)).items():
+    trials = read_trials(results)
+    for name, (title, frame, index) in build_tables(trials, timing).items():
         written = write_table(frame, folder, name, title, index)
         joined.append(written[0].read_text())
         paths += written
     (folder / "README.md").write_text("\n".join(joined))
+    if figures:
+        from trainer.figures import write_figures
+
+        paths += write_figures(seed_runs(trials), Path(results) / "figures")
     return [folder / "README.md", *paths]

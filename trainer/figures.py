@@ -1,0 +1,90 @@
+"""The benchmark's figures (PNG, matplotlib): per task, ROC and precision-recall curves and a
+reliability diagram of each model's seed-0 run on the test set, from the run's
+``predictions.parquet``. Multi-label tasks pool every (sample, label) pair (micro average);
+LOS has no ROC / PR curve (ten buckets) and its reliability diagram is top-label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from conf.tasks import task_spec
+
+BINS = 10
+
+
+def test_predictions(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, scores) of a run's test predictions, flattened over labels; None if absent."""
+    path = Path(run_dir) / "predictions.parquet"
+    if not path.is_file():
+        return None
+    frame = pd.read_parquet(path)
+    y = np.asarray(frame["label"].tolist(), dtype=np.float64)
+    p = np.asarray(frame["score"].tolist(), dtype=np.float64)
+    if p.ndim == 2 and y.ndim == 1:  # multiclass (LOS): top-label correctness and confidence
+        top = p.argmax(axis=1)
+        return (top == y.astype(int)).astype(np.float64), p.max(axis=1)
+    return y.reshape(-1), p.reshape(-1)
+
+
+def reliability(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin: mean confidence, observed frequency and count (empty bins: NaN)."""
+    edges = np.linspace(0, 1, BINS + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, BINS - 1)
+    counts = np.bincount(which, minlength=BINS)
+    with np.errstate(invalid="ignore"):
+        conf = np.bincount(which, weights=p, minlength=BINS) / counts
+        freq = np.bincount(which, weights=y, minlength=BINS) / counts
+    return conf, freq, counts
+
+
+def write_figures(runs: pd.DataFrame, folder: Path) -> list[Path]:
+    """One PNG per task and kind (``<task>_roc.png``, ``<task>_pr.png``,
+    ``<task>_reliability.png``) over the models' seed-0 runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task in runs.task.unique():
+        curves = {}
+        for row in runs[(runs.task == task) & (runs.seed == 0)].itertuples():
+            pred = test_predictions(row.run_dir)
+            if pred is not None and len(np.unique(pred[0])) == 2:
+                curves[row.model] = pred
+        if not curves:
+            continue
+        kinds = ["reliability"] if task_spec(task).kind == "multiclass" else ["roc", "pr", "reliability"]
+        for kind in kinds:
+            fig, ax = plt.subplots(figsize=(4.5, 4.5))
+            for model, (y, p) in curves.items():
+                if kind == "roc":
+                    fpr, tpr, _ = roc_curve(y, p)
+                    ax.plot(fpr, tpr, label=model)
+                elif kind == "pr":
+                    precision, recall, _ = precision_recall_curve(y, p)
+                    ax.plot(recall, precision, label=model)
+                else:
+                    conf, freq, _ = reliability(y, p)
+                    ax.plot(conf, freq, marker="o", label=model)
+            diagonal = {"roc": ([0, 1], [0, 1]), "reliability": ([0, 1], [0, 1])}.get(kind)
+            if diagonal:
+                ax.plot(*diagonal, color="grey", linestyle=":", linewidth=1)
+            xlabel, ylabel = {
+                "roc": ("false positive rate", "true positive rate"),
+                "pr": ("recall", "precision"),
+                "reliability": ("mean predicted probability", "observed frequency"),
+            }[kind]
+            ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=f"{task}: {kind} (test)")
+            ax.legend(fontsize=8)
+            path = folder / f"{task}_{kind}.png"
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
+    return paths
