@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shards.tiny import tiny_dataset
+from shards.tiny import tiny_dataset, tiny_records
 from tests.test_trainer import CPU
 from tests.test_trainer import TINY as TINY_RUN
 from trainer import leaderboard, metrics, train
@@ -145,6 +145,21 @@ def test_predictions_of_another_task_are_named_as_such(run_dir, shards, capsys):
 
 def _truth(shards: Path, task: str) -> leaderboard.Truth:
     return leaderboard.truth_from_shards(str(shards), task)
+
+
+@pytest.mark.parametrize("task", ["ihm", "pheno", "los"])
+def test_truth_from_shards_is_what_was_written(shards, task):
+    """Ids, labels and LOS hours of the test split, hourly segments expanded, in shard order."""
+    records = tiny_records(task, "test", 12)
+    truth = _truth(shards, task)
+    assert truth.ids == [sid for rec in records for sid in rec.sample_ids()]
+    expected = np.concatenate([rec.y.reshape(rec.n_samples, -1) for rec in records])
+    if task == "los":
+        assert truth.y.tolist() == expected[:, 0].tolist()
+        assert truth.los_hours.tolist() == [h for rec in records for h in rec.meta["los_remaining_hours"]]
+    else:
+        assert truth.y.shape == (12, task_spec(task).label_width) and (truth.y == expected).all()
+        assert truth.los_hours is None
 
 
 def test_los_needs_distributions_and_reports_mad(shards, tmp_path, capsys):
