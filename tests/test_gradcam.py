@@ -263,3 +263,17 @@ def test_multiclass_targets_and_vit_encoders():
     assert explained.target.tolist() == batch["y"][[0, 2]].tolist() and explained.truth.tolist() == [1.0, 1.0]
     with pytest.raises(gradcam.GradCAMError, match="ViT"):
         gradcam.explain(build("uni_cxr", spec, **TINY_VIT), batch, spec)
+
+
+def test_hourly_samples_of_one_stay_share_one_overlay():
+    spec = task_spec("decomp")
+    model = build("uni_cxr", spec)
+    first = {
+        **make_batch(spec, has_image=(True, True, True)),
+        "sample_id": ["decomp:1:5", "decomp:1:6", "decomp:2:5"],
+    }
+    second = {**make_batch(spec, seed=1), "sample_id": ["decomp:2:6", "decomp:3:5", "decomp:4:5"]}
+    parts = gradcam.explain_samples(model, [first, second], spec, samples=10)
+    assert [sid for p in parts for sid in p.sample_ids] == ["decomp:1:5", "decomp:2:5", "decomp:4:5"]
+    parts = gradcam.explain_samples(model, [first, second], spec, samples=1)
+    assert [sid for p in parts for sid in p.sample_ids] == ["decomp:1:5"]

@@ -149,10 +149,11 @@ def explain_samples(
     seen: set[str] = set()
     need = samples
     for batch in batches:
-        keep = [_image_key(spec, s) not in seen for s in batch["sample_id"]]
-        for s, k in zip(batch["sample_id"], keep):
-            if k:
-                seen.add(_image_key(spec, s))
+        keep = []
+        for sid in batch["sample_id"]:
+            key = _image_key(spec, sid)
+            keep.append(key not in seen)
+            seen.add(key)
         mask = torch.tensor(keep) & batch["has_image"].bool()
         if not bool(mask.any()):
             continue
@@ -212,11 +213,22 @@ def save_overlay(path: Path, picture: np.ndarray, cam: np.ndarray, title: str) -
     plt.close(fig)
 
 
+def _remove_previous(out_dir: Path) -> None:
+    """The overlays an earlier run of this command listed here, so that none is left stale."""
+    import pandas as pd
+
+    index = out_dir / "gradcam.csv"
+    if index.is_file():
+        for name in pd.read_csv(index).get("file", []):
+            (out_dir / str(name)).unlink(missing_ok=True)
+
+
 def write_outputs(spec: TaskSpec, parts: list[Explained], out_dir: Path) -> list[Path]:
     """PNG overlays, ``gradcam.csv`` and ``maps.npz`` of the explained samples."""
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous(out_dir)
     rows, pictures, maps, files = [], [], [], []
     k = 0
     for part in parts:
@@ -307,8 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --samples must be >= 1", file=sys.stderr)
         return 2
     run = Path(args.run)
-    # Only the eval loader is read: batch_size=1 keeps a small train split from failing the check.
-    overrides = ["data.num_workers=0", "data.loader=wds", "train.device=cpu", "data.batch_size=1"]
+    # Only the eval loader is read (batch_size=1 keeps a small train split from failing its
+    # check), one sample per row whatever the run's hourly mode.
+    overrides = [
+        "data.num_workers=0",
+        "data.loader=wds",
+        "train.device=cpu",
+        "data.batch_size=1",
+        "train.hourly_mode=sample",
+    ]
     if args.shards:
         overrides.append(f"data.shards={args.shards}")
     try:
