@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("results", help="the benchmark's out folder (holding trials.parquet)")
+    parser.add_argument("--shards", help="the shard set: adds its label distributions (Figure 3)")
+    parser.add_argument("--no-timing", action="store_true", help="skip Table 8's inference timing")
     args = parser.parse_args(argv)
     try:
-        paths = write_reports(Path(args.results))
+        paths = write_reports(Path(args.results), timing=not args.no_timing, shards=args.shards)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

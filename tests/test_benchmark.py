@@ -244,3 +244,15 @@ def test_reliability_bins_and_figures_from_run_predictions(tmp_path):
         "los_reliability.png",
     ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
+
+
+def test_label_distribution_figures_cover_each_task_of_the_manifest(tmp_path):
+    from shards.tiny import tiny_dataset
+    from trainer import figures
+
+    manifest = tiny_dataset(
+        str(tmp_path / "s"), tasks=("los", "pheno"), records=6, records_per_shard=3, image_size=32
+    )
+    manifest["tasks"]["pheno"]["splits"] = {}  # a task without split statistics gets no figure
+    paths = figures.write_label_distributions(manifest, tmp_path / "fig")
+    assert [p.name for p in paths] == ["los_labels.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"

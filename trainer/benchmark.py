@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from trainer.report import write_reports
 
-    for path in write_reports(Path(cfg.out)):
+    for path in write_reports(Path(cfg.out), shards=cfg.shards):
         log.info("report: %s", path)
     return 0
 

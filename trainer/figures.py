@@ -88,3 +88,44 @@ def write_figures(runs: pd.DataFrame, folder: Path) -> list[Path]:
             plt.close(fig)
             paths.append(path)
     return paths
+
+
+def write_label_distributions(manifest: dict, folder: Path) -> list[Path]:
+    """The paper's Figure 3 from the shard manifest: per task, each label's prevalence (LOS:
+    each bucket's share) in train / val / test, one bar group per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task, entry in manifest.get("tasks", {}).items():
+        given = entry.get("splits", {})
+        splits = {s: given[s] for s in ("train", "val", "test") if (given.get(s) or {}).get("prevalence")}
+        if not splits:
+            continue
+        labels = task_spec(task).labels if task_spec(task).kind == "multilabel" else ()
+        names = [n if len(n) <= 30 else n[:28] + "…" for n in labels]
+        width = 0.8 / len(splits)
+        count = len(next(iter(splits.values()))["prevalence"])
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.4 * count + 2), 6 if names else 4))
+        for i, (split, info) in enumerate(splits.items()):
+            values = info["prevalence"]
+            ax.bar(
+                np.arange(len(values)) + i * width, values, width, label=f"{split} (n={info.get('samples')})"
+            )
+        ax.set_xticks(np.arange(count) + width * (len(splits) - 1) / 2)
+        if names and len(names) == count:
+            ax.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
+        kind = next(iter(splits.values())).get("prevalence_kind", "")
+        ax.set(
+            ylabel="share of samples" if kind == "bucket_frequency" else "prevalence", title=f"{task}: labels"
+        )
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / f"{task}_labels.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

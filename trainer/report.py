@@ -307,7 +307,9 @@ def _registry_order() -> list[str]:
     return sorted(names, key=lambda m: (not is_unimodal(m), "cxr" in m, m))
 
 
-def write_reports(results: Path, timing: bool = True, figures: bool = True) -> list[Path]:
+def write_reports(
+    results: Path, timing: bool = True, figures: bool = True, shards: str | None = None
+) -> list[Path]:
     """Every table of ``results/trials.parquet`` under ``results/tables``; the Markdown files
     also joined in ``results/tables/README.md``."""
     folder = Path(results) / "tables"
@@ -323,4 +325,9 @@ def write_reports(results: Path, timing: bool = True, figures: bool = True) -> l
         from trainer.figures import write_figures
 
         paths += write_figures(seed_runs(trials), Path(results) / "figures")
+        if shards:
+            from shards.manifest import read_manifest
+            from trainer.figures import write_label_distributions
+
+            paths += write_label_distributions(read_manifest(shards), Path(results) / "figures")
     return [folder / "README.md", *paths]
