@@ -21,10 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("results", help="the benchmark's out folder (holding trials.parquet)")
     parser.add_argument("--shards", help="the shard set: adds its label distributions (Figure 3)")
+    parser.add_argument(
+        "--partial", help="results of the same benchmark on partial shards: adds paired vs partial"
+    )
     parser.add_argument("--no-timing", action="store_true", help="skip Table 8's inference timing")
     args = parser.parse_args(argv)
     try:
-        paths = write_reports(Path(args.results), timing=not args.no_timing, shards=args.shards)
+        paths = write_reports(
+            Path(args.results),
+            timing=not args.no_timing,
+            shards=args.shards,
+            partial=args.partial and Path(args.partial),
+        )
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -256,3 +256,16 @@ def test_label_distribution_figures_cover_each_task_of_the_manifest(tmp_path):
     manifest["tasks"]["pheno"]["splits"] = {}  # a task without split statistics gets no figure
     paths = figures.write_label_distributions(manifest, tmp_path / "fig")
     assert [p.name for p in paths] == ["los_labels.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_vs_partial_puts_the_two_benchmarks_side_by_side(tmp_path):
+    paired = trials_frame()
+    partial = paired.assign(test_auroc=paired.test_auroc - 0.1)
+    for name, frame in (("paired", paired), ("partial", partial)):
+        (tmp_path / name).mkdir()
+        frame.to_parquet(tmp_path / name / "trials.parquet")
+    report.write_reports(tmp_path / "paired", timing=False, figures=False, partial=tmp_path / "partial")
+    table = pd.read_csv(tmp_path / "paired" / "tables" / "paired_vs_partial.csv").set_index("model")
+    assert table.loc["uni_ehr", "ihm AUROC paired"] == "0.700 ± 0.141 (2)"
+    assert table.loc["uni_ehr", "ihm AUROC partial"] == "0.600 ± 0.141 (2)"
+    assert table.loc["medfuse", "los Kappa partial"] == "0.360 (1)"

@@ -307,16 +307,46 @@ def _registry_order() -> list[str]:
     return sorted(names, key=lambda m: (not is_unimodal(m), "cxr" in m, m))
 
 
+def paired_partial_table(paired: pd.DataFrame, partial: pd.DataFrame) -> pd.DataFrame:
+    """The same models trained and tested on paired shards (every sample has an image) and on
+    partial shards (images missing where the stay has none): per model and task, each headline
+    metric side by side (the paper's paired vs partial comparison)."""
+    runs = {"paired": seed_runs(paired), "partial": seed_runs(partial)}
+    tasks = ordered(sorted(set(paired.task) & set(partial.task)), list(TASK_NAMES))
+    models = ordered(sorted(set(paired.model) & set(partial.model)), _registry_order())
+    rows = []
+    for model in models:
+        row: dict[str, str] = {"model": model}
+        for task in tasks:
+            for metric in headline(task):
+                for name, frame in runs.items():
+                    values = frame[(frame.task == task) & (frame.model == model)]
+                    row[f"{task} {LABELS[metric]} {name}"] = cell(
+                        *summary(values.get(f"test_{metric}", pd.Series(dtype=float)))
+                    )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_reports(
-    results: Path, timing: bool = True, figures: bool = True, shards: str | None = None
+    results: Path,
+    timing: bool = True,
+    figures: bool = True,
+    shards: str | None = None,
+    partial: Path | None = None,
 ) -> list[Path]:
     """Every table of ``results/trials.parquet`` under ``results/tables``; the Markdown files
-    also joined in ``results/tables/README.md``."""
+    also joined in ``results/tables/README.md``. ``partial``: the results folder of the same
+    benchmark on partial shards, for the paired vs partial table."""
     folder = Path(results) / "tables"
     paths: list[Path] = []
     joined = []
     trials = read_trials(results)
-    for name, (title, frame, index) in build_tables(trials, timing).items():
+    tables = build_tables(trials, timing)
+    if partial is not None:
+        title = "Paired (this benchmark) vs partial shards (missing images), test set"
+        tables["paired_vs_partial"] = (title, paired_partial_table(trials, read_trials(partial)), False)
+    for name, (title, frame, index) in tables.items():
         written = write_table(frame, folder, name, title, index)
         joined.append(written[0].read_text())
         paths += written
