@@ -269,3 +269,31 @@ def test_paired_vs_partial_puts_the_two_benchmarks_side_by_side(tmp_path):
     assert table.loc["uni_ehr", "ihm AUROC paired"] == "0.700 ± 0.141 (2)"
     assert table.loc["uni_ehr", "ihm AUROC partial"] == "0.600 ± 0.141 (2)"
     assert table.loc["medfuse", "los Kappa partial"] == "0.360 (1)"
+
+
+def test_training_curves_read_what_the_run_logged(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainer import figures
+
+    run = tmp_path / "run"
+    with SummaryWriter(str(run / "tb")) as writer:  # what trainer.components.MetricsLogger writes
+        for step, loss in [(10, 0.9), (20, 0.7), (30, 0.65)]:
+            writer.add_scalar("train/loss", loss, step)
+        writer.add_scalar("val/auroc", 0.61, 30)
+    steps, values = figures.scalar_series(run, "train/loss")
+    assert steps == [10, 20, 30] and values == pytest.approx([0.9, 0.7, 0.65])
+    assert figures.scalar_series(run, "val/kappa") == ([], []) and figures.scalar_series(tmp_path, "x") == (
+        [],
+        [],
+    )
+    runs = pd.DataFrame(
+        {
+            "task": ["ihm", "pheno"],
+            "model": ["uni_ehr"] * 2,
+            "seed": [0, 0],
+            "run_dir": [str(run), str(tmp_path)],
+        }
+    )
+    paths = figures.write_training_curves(runs, tmp_path / "fig")
+    assert [p.name for p in paths] == ["ihm_curves.png"]  # pheno's run logged nothing

@@ -129,3 +129,54 @@ def write_label_distributions(manifest: dict, folder: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def scalar_series(run_dir: str | Path, tag: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one scalar a run logged to its TensorBoard folder (``tb/``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = Path(run_dir) / "tb"
+    if not folder.is_dir():
+        return [], []
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags().get("scalars", []):
+        return [], []
+    points = events.Scalars(tag)
+    return [p.step for p in points], [p.value for p in points]
+
+
+def write_training_curves(runs: pd.DataFrame, folder: Path) -> list[Path]:
+    """Per task, the training loss and the validation selection metric of each model's seed-0
+    run against the step (``<task>_curves.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task in runs.task.unique():
+        metric = task_spec(task).selection_metric
+        fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(9, 4))
+        drawn = False
+        for row in runs[(runs.task == task) & (runs.seed == 0)].itertuples():
+            for ax, tag in ((loss_ax, "train/loss"), (val_ax, f"val/{metric}")):
+                steps, values = scalar_series(row.run_dir, tag)
+                if steps:
+                    ax.plot(steps, values, marker="." if len(steps) < 20 else None, label=row.model)
+                    drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        loss_ax.set(xlabel="step", ylabel="training loss", title=f"{task}: training loss")
+        val_ax.set(xlabel="step", ylabel=f"val {metric}", title=f"{task}: validation {metric}")
+        for ax in (loss_ax, val_ax):
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / f"{task}_curves.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

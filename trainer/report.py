@@ -352,9 +352,10 @@ def write_reports(
         paths += written
     (folder / "README.md").write_text("\n".join(joined))
     if figures:
-        from trainer.figures import write_figures
+        from trainer.figures import write_figures, write_training_curves
 
         paths += write_figures(seed_runs(trials), Path(results) / "figures")
+        paths += write_training_curves(seed_runs(trials), Path(results) / "figures")
         if shards:
             from shards.manifest import read_manifest
             from trainer.figures import write_label_distributions
