@@ -15,6 +15,25 @@ from conf.tasks import task_spec
 BINS = 10
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display on servers and in CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def test_predictions(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(labels, scores) of a run's test predictions, flattened over labels; None if absent."""
     path = Path(run_dir) / "predictions.parquet"
@@ -43,10 +62,7 @@ def reliability(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 def write_figures(runs: pd.DataFrame, folder: Path) -> list[Path]:
     """One PNG per task and kind (``<task>_roc.png``, ``<task>_pr.png``,
     ``<task>_reliability.png``) over the models' seed-0 runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,21 +98,14 @@ def write_figures(runs: pd.DataFrame, folder: Path) -> list[Path]:
             }[kind]
             ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=f"{task}: {kind} (test)")
             ax.legend(fontsize=8)
-            path = folder / f"{task}_{kind}.png"
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save(fig, folder / f"{task}_{kind}.png"))
     return paths
 
 
 def write_label_distributions(manifest: dict, folder: Path) -> list[Path]:
     """The paper's Figure 3 from the shard manifest: per task, each label's prevalence (LOS:
     each bucket's share) in train / val / test, one bar group per label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -123,11 +132,7 @@ def write_label_distributions(manifest: dict, folder: Path) -> list[Path]:
             ylabel="share of samples" if kind == "bucket_frequency" else "prevalence", title=f"{task}: labels"
         )
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / f"{task}_labels.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, folder / f"{task}_labels.png"))
     return paths
 
 
@@ -149,10 +154,7 @@ def scalar_series(run_dir: str | Path, tag: str) -> tuple[list[int], list[float]
 def write_training_curves(runs: pd.DataFrame, folder: Path) -> list[Path]:
     """Per task, the training loss and the validation selection metric of each model's seed-0
     run against the step (``<task>_curves.png``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -174,9 +176,5 @@ def write_training_curves(runs: pd.DataFrame, folder: Path) -> list[Path]:
         for ax in (loss_ax, val_ax):
             if ax.lines:
                 ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / f"{task}_curves.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, folder / f"{task}_curves.png"))
     return paths
