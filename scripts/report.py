@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--partial", help="results of the same benchmark on partial shards: adds paired vs partial"
     )
+    parser.add_argument(
+        "--transformer", help="results of the same benchmark with transformer encoders: Table 9"
+    )
     parser.add_argument("--no-timing", action="store_true", help="skip Table 8's inference timing")
     args = parser.parse_args(argv)
     try:
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             timing=not args.no_timing,
             shards=args.shards,
             partial=args.partial and Path(args.partial),
+            transformer=args.transformer and Path(args.transformer),
         )
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

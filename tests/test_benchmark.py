@@ -258,17 +258,29 @@ def test_label_distribution_figures_cover_each_task_of_the_manifest(tmp_path):
     assert [p.name for p in paths] == ["los_labels.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_paired_vs_partial_puts_the_two_benchmarks_side_by_side(tmp_path):
+def test_paired_vs_partial_and_table9_put_two_benchmarks_side_by_side(tmp_path):
     paired = trials_frame()
     partial = paired.assign(test_auroc=paired.test_auroc - 0.1)
     for name, frame in (("paired", paired), ("partial", partial)):
         (tmp_path / name).mkdir()
         frame.to_parquet(tmp_path / name / "trials.parquet")
-    report.write_reports(tmp_path / "paired", timing=False, figures=False, partial=tmp_path / "partial")
-    table = pd.read_csv(tmp_path / "paired" / "tables" / "paired_vs_partial.csv").set_index("model")
+    (tmp_path / "tf").mkdir()
+    paired[paired.task == "ihm"].assign(test_auroc=0.5).to_parquet(tmp_path / "tf" / "trials.parquet")
+    tables = tmp_path / "paired" / "tables"
+    report.write_reports(
+        tmp_path / "paired",
+        timing=False,
+        figures=False,
+        partial=tmp_path / "partial",
+        transformer=tmp_path / "tf",
+    )
+    table = pd.read_csv(tables / "paired_vs_partial.csv").set_index("model")
     assert table.loc["uni_ehr", "ihm AUROC paired"] == "0.700 ± 0.141 (2)"
     assert table.loc["uni_ehr", "ihm AUROC partial"] == "0.600 ± 0.141 (2)"
     assert table.loc["medfuse", "los Kappa partial"] == "0.360 (1)"
+    table9 = pd.read_csv(tables / "table9_transformer.csv").set_index("model")
+    assert table9.loc["medfuse", "ihm AUROC transformer"] == "0.500 ± 0.000 (2)"
+    assert not any(c.startswith("los") for c in table9.columns)  # only the tasks both benchmarks ran
 
 
 def test_training_curves_read_what_the_run_logged(tmp_path):

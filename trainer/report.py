@@ -307,13 +307,14 @@ def _registry_order() -> list[str]:
     return sorted(names, key=lambda m: (not is_unimodal(m), "cxr" in m, m))
 
 
-def paired_partial_table(paired: pd.DataFrame, partial: pd.DataFrame) -> pd.DataFrame:
-    """The same models trained and tested on paired shards (every sample has an image) and on
-    partial shards (images missing where the stay has none): per model and task, each headline
-    metric side by side (the paper's paired vs partial comparison)."""
-    runs = {"paired": seed_runs(paired), "partial": seed_runs(partial)}
-    tasks = ordered(sorted(set(paired.task) & set(partial.task)), list(TASK_NAMES))
-    models = ordered(sorted(set(paired.model) & set(partial.model)), _registry_order())
+def side_by_side(named: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The same models in several benchmarks (paired vs partial shards; LSTM vs transformer
+    encoders): per model and task, each headline metric of each benchmark side by side, over the
+    tasks and models all of them ran."""
+    runs = {name: seed_runs(frame) for name, frame in named.items()}
+    frames = list(named.values())
+    tasks = ordered(sorted(set.intersection(*(set(f.task) for f in frames))), list(TASK_NAMES))
+    models = ordered(sorted(set.intersection(*(set(f.model) for f in frames))), _registry_order())
     rows = []
     for model in models:
         row: dict[str, str] = {"model": model}
@@ -334,10 +335,12 @@ def write_reports(
     figures: bool = True,
     shards: str | None = None,
     partial: Path | None = None,
+    transformer: Path | None = None,
 ) -> list[Path]:
     """Every table of ``results/trials.parquet`` under ``results/tables``; the Markdown files
-    also joined in ``results/tables/README.md``. ``partial``: the results folder of the same
-    benchmark on partial shards, for the paired vs partial table."""
+    also joined in ``results/tables/README.md``. ``partial`` / ``transformer``: the results
+    folder of the same benchmark on partial shards / with transformer encoders, for the paired
+    vs partial table and Table 9."""
     folder = Path(results) / "tables"
     paths: list[Path] = []
     joined = []
@@ -345,7 +348,12 @@ def write_reports(
     tables = build_tables(trials, timing)
     if partial is not None:
         title = "Paired (this benchmark) vs partial shards (missing images), test set"
-        tables["paired_vs_partial"] = (title, paired_partial_table(trials, read_trials(partial)), False)
+        both = {"paired": trials, "partial": read_trials(partial)}
+        tables["paired_vs_partial"] = (title, side_by_side(both), False)
+    if transformer is not None:
+        title = "LSTM / ResNet encoders (this benchmark) vs transformer encoders, test set"
+        both = {"LSTM": trials, "transformer": read_trials(transformer)}
+        tables["table9_transformer"] = (title, side_by_side(both), False)
     for name, (title, frame, index) in tables.items():
         written = write_table(frame, folder, name, title, index)
         joined.append(written[0].read_text())
