@@ -165,11 +165,27 @@ def test_bad_benchmark_commands_are_one_error_line(tmp_path):
     assert missing.returncode == 2 and "trials.parquet not found" in missing.stderr
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.slow
-def test_benchmark_runs_selects_reports_and_resumes_after_a_lost_run(tmp_path):
+def test_benchmark_killed_midway_resumes_and_a_lost_run_is_redone(tmp_path):
     """uni_ehr and uni_cxr (2 rate trials, 2 seeds) and late fusion over them, on tiny IHM
-    shards; then one finished run is lost (as if killed before its end) and the rerun trains
-    only that run again and writes the same tables."""
+    shards. SIGKILL after its first finished trial leaves no trainer running; the rerun finishes
+    everything; then one finished run is lost and the rerun trains only that run again and
+    writes the same tables."""
+    import signal
+    import time
+
     from shards.tiny import tiny_dataset
 
     tiny_dataset(str(tmp_path / "shards"), tasks=("ihm",), records=16, records_per_shard=8, image_size=64)
@@ -179,10 +195,20 @@ def test_benchmark_runs_selects_reports_and_resumes_after_a_lost_run(tmp_path):
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "trainer.benchmark", f"shards={tmp_path / 'shards'}", f"out={out}"]
     cmd += [f"preset={tmp_path / 'p.yaml'}", "tasks=ihm", "parallel=2", "--", *TINY_WORDS]
-    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "trials.parquet").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    time.sleep(3)
+    assert processes_mentioning(str(out)) == []  # its trainers died with it
+    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = pd.read_parquet(out / "trials.parquet")
-    assert len(trials) == 2 + 1 + 2 + 1 + 1 + 1 and set(trials.status) == {"done"}
+    assert len(trials) == 2 + 1 + 2 + 1 + 1 + 1 and set(trials.status) <= {"done", "reused"}
+    assert "reused" in set(trials.status)  # what finished before the kill was not trained again
     assert trials.selected.sum() == 6  # per model: the search winner and seed 1
     table = (out / "tables" / "table3.md").read_text()
     for model in ("uni_ehr", "uni_cxr", "late"):

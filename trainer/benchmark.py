@@ -299,6 +299,17 @@ def finished_metrics(run_dir: Path, words: list[str]) -> dict[str, Any] | None:
     return json.loads(metrics_file.read_text())
 
 
+def die_with_parent() -> None:
+    """In the trial's process before it starts: end it when the benchmark dies (Linux), so a
+    killed benchmark leaves no trainer writing into a run folder that its rerun trains again."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def trial_program(trial: Trial) -> list[str]:
     """The trainer; for a model with nothing to train (late fusion), its scoring into the run
     folder (``trainer.rescore task=... model=...``)."""
@@ -334,6 +345,7 @@ def _run_trial(trial: Trial, words: list[str], run_dir: Path, logs: Path, env: d
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=die_with_parent,
         )
     seconds = time.perf_counter() - start
     metrics_file = run_dir / "metrics.json"
