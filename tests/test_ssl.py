@@ -1,12 +1,19 @@
-"""Self-supervised pretraining (SPEC §10, issue #12): losses against hand-computed cases."""
+"""Self-supervised pretraining (SPEC §10, issue #12): losses against hand-computed cases, and
+the gathered global batch on 2 gloo ranks against one process."""
 
 from __future__ import annotations
 
 import math
+import os
+from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
+from trainer.ssl.gather import gather_with_grad
 from trainer.ssl.losses import ALIGNLoss, ConVIRTLoss, VICRegLoss, info_nce, swap_rows
 
 R = 1 / math.sqrt(2)
@@ -75,3 +82,78 @@ def test_noisy_pairs_move_exactly_the_asked_fraction_of_rows():
     assert int(moved.sum()) == 4  # round(0.2 * 20) rows, none left in place
     assert sorted(swapped.squeeze(1).tolist()) == z.squeeze(1).tolist()  # a permutation
     assert torch.equal(swap_rows(z, 0.0), z) and torch.equal(swap_rows(z, 0.05), z)  # < 2 rows: none
+
+
+# ---------------------------------------------------------------- DDP: the global batch
+
+WORLD = 2
+ROWS = 6  # per rank; the single-process reference sees all 12
+
+
+class _Pair(nn.Module):
+    """Two tiny linear 'encoders' and the objective: the DDP module under test."""
+
+    def __init__(self, method: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.ehr, self.cxr = nn.Linear(5, 4), nn.Linear(7, 4)
+        self.objective = OBJECTIVES[method]()
+
+    def forward(self, ehr: torch.Tensor, cxr: torch.Tensor) -> torch.Tensor:
+        z_ehr, z_cxr = gather_with_grad(self.ehr(ehr)), gather_with_grad(self.cxr(cxr))
+        return self.objective(z_ehr, z_cxr)["loss"]
+
+
+OBJECTIVES = {"convirt": ConVIRTLoss, "align": ALIGNLoss, "vicreg": VICRegLoss}
+
+
+def _whole_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(WORLD * ROWS, 5, generator=gen), torch.randn(WORLD * ROWS, 7, generator=gen)
+
+
+def _gather_worker(rank: int, init_file: str, results: Any) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        ehr, cxr = _whole_batch()
+        mine = slice(rank * ROWS, (rank + 1) * ROWS)
+        for method in OBJECTIVES:
+            ddp = nn.parallel.DistributedDataParallel(_Pair(method))
+            loss = ddp(ehr[mine], cxr[mine])
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in ddp.module.named_parameters()}
+            results[(method, rank)] = (loss.item(), grads)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_give_the_loss_and_gradients_of_one_process_over_the_whole_batch(tmp_path):
+    """Each rank holds half the batch; with the gathering loss under DDP, the loss and every
+    gradient (both encoders, ALIGN's temperature) equal one process given all rows. Without the
+    gradient through the gather the other rank's half would be constants and this would fail."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_gather_worker, args=(str(tmp_path / "pg"), results), nprocs=WORLD, join=True)
+        results = dict(results)
+    ehr, cxr = _whole_batch()
+    for method in OBJECTIVES:
+        ref = _Pair(method)
+        loss = ref(ehr, cxr)
+        loss.backward()
+        for rank in range(WORLD):
+            got_loss, grads = results[(method, rank)]
+            assert got_loss == pytest.approx(loss.item(), rel=1e-5), method
+            for name, param in ref.named_parameters():
+                assert torch.allclose(grads[name], param.grad, rtol=1e-4, atol=1e-6), f"{method}: {name}"
+
+
+def test_local_only_negatives_would_differ_from_the_whole_batch():
+    """The control for the test above: the mean of per-half losses is not the whole-batch
+    loss, so equality there is evidence of the gather, not a property of the data."""
+    ehr, cxr = _whole_batch()
+    for method in OBJECTIVES:
+        ref = _Pair(method)
+        halves = [ref(ehr[i * ROWS : (i + 1) * ROWS], cxr[i * ROWS : (i + 1) * ROWS]) for i in range(WORLD)]
+        assert sum(h.item() for h in halves) / WORLD != pytest.approx(ref(ehr, cxr).item(), rel=1e-3), method
