@@ -13,8 +13,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from conf.typed import ConfigError
+from trainer.models import PretrainedError, create_model, list_models
+from trainer.models.ssl import FEATURES
 from trainer.ssl.gather import gather_with_grad
 from trainer.ssl.losses import ALIGNLoss, ConVIRTLoss, VICRegLoss, info_nce, swap_rows
+from trainer.tasks import task_spec
 
 R = 1 / math.sqrt(2)
 
@@ -157,3 +161,88 @@ def test_local_only_negatives_would_differ_from_the_whole_batch():
         ref = _Pair(method)
         halves = [ref(ehr[i * ROWS : (i + 1) * ROWS], cxr[i * ROWS : (i + 1) * ROWS]) for i in range(WORLD)]
         assert sum(h.item() for h in halves) / WORLD != pytest.approx(ref(ehr, cxr).item(), rel=1e-3), method
+
+
+# ---------------------------------------------------------------- models (registry-driven)
+
+PRETRAIN = list_models("pretrain")
+IMAGE = 32
+
+
+def paired_batch(rows: int = 4, seed: int = 0, has_image: bool = True) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([5, 3, 1, 4, 2, 5][:rows])
+    return {
+        "ehr": torch.randn(rows, 5, 76, generator=gen),
+        "ehr_len": lengths,
+        "image": torch.randn(rows, 3, IMAGE, IMAGE, generator=gen),
+        "has_image": torch.full((rows,), has_image),
+        "y": (torch.rand(rows, 1, generator=gen) > 0.5).float(),
+    }
+
+
+def test_pretrain_models_are_registered_with_the_spec_architecture():
+    assert PRETRAIN == ["align", "convirt", "vicreg"]
+    for name in PRETRAIN:
+        model = create_model(name, None, task_spec("pheno"))
+        assert (
+            model.kind == "pretrain"
+            and model.ehr_encoder.out_dim == 128
+            and len(model.ehr_encoder.layers) == 1
+        )
+        for head, width in ((model.ehr_head, 128), (model.cxr_head, 512)):
+            assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+            assert head[0].in_features == width and head[-1].out_features == 128 and head[-1].bias is None
+    align = create_model("align", None, task_spec("pheno"))
+    assert align.objective.tau.item() == pytest.approx(0.07) and align.config.noisy_fraction == 0.15
+    assert create_model("convirt", None, task_spec("pheno")).objective.tau == 0.1
+    with pytest.raises(ConfigError, match="noisy_fraction"):
+        create_model("align", {"noisy_fraction": 1.5}, task_spec("pheno"))
+
+
+@pytest.mark.parametrize("name", PRETRAIN)
+def test_pretrain_forward_gives_a_loss_and_every_weight_a_gradient(name):
+    """DDP runs without find_unused_parameters: every weight (ALIGN's temperature too) must get
+    a finite gradient from the loss; a batch with an unpaired sample is refused."""
+    torch.manual_seed(0)
+    model = create_model(name, None, task_spec("pheno")).train()
+    terms = model(paired_batch())
+    assert terms["loss"].dim() == 0 and torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), f"{name}: {pname}"
+    with pytest.raises(ValueError, match="paired samples"):
+        model(paired_batch(has_image=False))
+
+
+def test_probe_and_finetune_load_the_pretrained_encoders_without_heads(tmp_path):
+    torch.manual_seed(0)
+    pretrained = create_model("vicreg", None, task_spec("pheno"))
+    path = tmp_path / "run" / "checkpoints" / "best.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": pretrained.state_dict(), "model_name": "vicreg", "model_config": {}}, path)
+    ihm = task_spec("ihm")
+    probe = create_model("ssl_probe", {"encoder_ckpt": str(tmp_path / "run")}, ihm)  # the run folder
+    assert sum(p.numel() for p in probe.parameters() if p.requires_grad) == 641  # paper Table 8
+    for name in ("ehr_encoder", "cxr_encoder"):
+        ours, theirs = getattr(probe, name).state_dict(), getattr(pretrained, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert not hasattr(probe, "ehr_head")
+    tune = create_model("ssl_finetune", {"encoder_ckpt": str(path)}, ihm)
+    assert all(p.requires_grad for p in tune.parameters())
+    ehr_only = create_model("ssl_probe", {"encoder_ckpt": str(path), "features": "ehr"}, ihm)
+    assert sum(p.numel() for p in ehr_only.parameters() if p.requires_grad) == 129
+    with pytest.raises(ConfigError, match="needs encoder="):
+        create_model("ssl_probe", None, ihm)
+    with pytest.raises(PretrainedError, match="no pretraining checkpoint"):
+        create_model("ssl_probe", {"encoder_ckpt": str(tmp_path / "nope")}, ihm)
+
+
+def test_the_head_on_cached_features_equals_the_whole_model():
+    probe = create_model("ssl_probe", {"init": "random"}, task_spec("ihm")).eval()
+    batch = paired_batch()
+    batch["has_image"] = torch.tensor([True, False, True, True])
+    with torch.no_grad():
+        feats = probe.features(batch)
+        assert feats.shape == (4, 640) and not feats[1, 128:].any()  # missing image: zeros
+        assert torch.allclose(probe({FEATURES: feats}), probe(batch))
