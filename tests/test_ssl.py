@@ -16,8 +16,8 @@ from torch import nn
 from conf.typed import ConfigError
 from trainer.models import PretrainedError, create_model, list_models
 from trainer.models.ssl import FEATURES
-from trainer.ssl.gather import gather_with_grad
-from trainer.ssl.losses import ALIGNLoss, ConVIRTLoss, VICRegLoss, info_nce, swap_rows
+from trainer.selfsup.gather import gather_with_grad
+from trainer.selfsup.losses import ALIGNLoss, ConVIRTLoss, VICRegLoss, info_nce, swap_rows
 from trainer.tasks import task_spec
 
 R = 1 / math.sqrt(2)

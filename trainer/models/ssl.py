@@ -2,7 +2,7 @@
 
 - ``convirt`` / ``align`` / ``vicreg`` (``kind = "pretrain"``): EHR LSTM (hidden 128, 1 layer)
   and ResNet-34, each with a projection head to 128; ``forward`` returns the method's loss terms
-  over the batch, gathered over ranks while training (``trainer.ssl.gather``) so negatives and
+  over the batch, gathered over ranks while training (``trainer.selfsup.gather``) so negatives and
   batch statistics are global. Trained by ``trainer/train.py mode=pretrain ssl=<method>``.
 - ``ssl_probe`` / ``ssl_finetune``: the pretrained encoders without projection heads and a
   linear head on [v_ehr; v_cxr] (or one of them, ``features``); frozen for the probe.
@@ -22,8 +22,8 @@ from trainer.models.config import ContrastiveConfig, SSLConfig, SSLEvalConfig, V
 from trainer.models.encoders import build_cxr_encoder
 from trainer.models.pretrained import Checkpoints, PretrainedError, copy_encoder, read_checkpoint
 from trainer.models.registry import list_models, register_model
-from trainer.ssl.gather import gather_with_grad
-from trainer.ssl.losses import ALIGNLoss, ConVIRTLoss, Terms, VICRegLoss, swap_rows
+from trainer.selfsup.gather import gather_with_grad
+from trainer.selfsup.losses import ALIGNLoss, ConVIRTLoss, Terms, VICRegLoss, swap_rows
 from trainer.tasks import TaskSpec
 
 FEATURES = "features"  # batch key of cached encoder features (trainer mode=probe)

@@ -7,7 +7,7 @@
 
 Each objective is an ``nn.Module`` (ALIGN's tau is a weight the optimizer trains and the
 checkpoint saves) and returns its total and its named terms. The inputs are whatever the caller
-gives: in DDP the caller passes the gathered global batch (``trainer.ssl.gather``), so the
+gives: in DDP the caller passes the gathered global batch (``trainer.selfsup.gather``), so the
 negatives and the batch statistics are global.
 """
 
