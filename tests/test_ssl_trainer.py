@@ -10,15 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from conf.typed import ConfigError
 from shards.tiny import tiny_dataset
 from tests.test_trainer import TINY as SUPERVISED_TINY
+from tests.test_trainer import manifest_ids
 from trainer import checkpoint as ckpt
-from trainer import runtime, train
+from trainer import runtime, scoring, train
 from trainer.config import load_run_config
+from trainer.data import build_data
 from trainer.distributed import DistContext
 from trainer.selfsup.augment import AugmentConfig, ssl_augment
 from trainer.selfsup.lars import LARS
@@ -159,3 +162,82 @@ def test_lars_scales_matrix_steps_by_the_trust_ratio_and_leaves_biases_plain():
     assert torch.allclose(b.detach(), torch.tensor([0.5]))
     with pytest.raises(ValueError, match="eta"):
         LARS([w], lr=1.0, eta=0.0)
+
+
+# ---------------------------------------------------------------- probe and fine-tune
+
+SMALL_EHR = ("model.ehr_hidden=8",)  # the pretraining run's LSTM; probes read it from the checkpoint
+
+
+@pytest.fixture(scope="module")
+def pretrained(shard_root, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("pretrain-runs")
+    cfg = load_run_config(
+        words(shard_root, runs, "mode=pretrain", "ssl=convirt", "train.epochs=1", *SMALL_EHR)
+    )
+    train.run(cfg, CPU)
+    return runs / "pheno" / "convirt" / "0"
+
+
+def probe_words(shard_root: Path, runs: Path, encoder: Path, *extra: str) -> list[str]:
+    return words(shard_root, runs, "mode=probe", f"encoder={encoder}", *SMALL_EHR, *extra)
+
+
+def test_probe_trains_on_cached_features_and_scores_like_the_frozen_encoders(
+    shard_root, pretrained, tmp_path
+):
+    """The head trained on the cache, applied through the frozen encoders to the test split,
+    gives the probabilities the cached run wrote: the cache is those encoders' features."""
+    cfg = load_run_config(probe_words(shard_root, tmp_path, pretrained, "task=ihm", "train.epochs=2"))
+    train.run(cfg, CPU)
+    run_dir = tmp_path / "ihm" / "ssl_probe" / "0"
+    cache = {split: run_dir / "features" / f"{split}.rank0-of-1.pt" for split in ("train", "val", "test")}
+    train_cache = torch.load(cache["train"], weights_only=False)
+    assert train_cache["features"].shape == (RECORDS, 8 + 512)  # every sample, images or not
+    model = runtime.build_model(cfg)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 8 + 512 + 1
+    model.load_state_dict(ckpt.load(run_dir / "checkpoints" / "best.pt")["model"])
+    pred = scoring.predict(model, build_data(cfg, CPU).eval_iter("test"), cfg.spec, "sample", CPU.device)
+    written = pd.read_parquet(run_dir / "predictions.parquet").set_index("sample_id")["score"]
+    assert sorted(written.index) == sorted(pred.sample_ids)
+    for sid, p in zip(pred.sample_ids, pred.probs[:, 0]):
+        assert written[sid] == pytest.approx(p, abs=1e-5)
+    # A rerun from scratch reuses the cache (same encoder file); another encoder file would not.
+    stamps = {split: path.stat().st_mtime_ns for split, path in cache.items()}
+    again = probe_words(shard_root, tmp_path, pretrained, "task=ihm", "train.epochs=2", "train.resume=false")
+    train.run(load_run_config(again), CPU)
+    assert {split: path.stat().st_mtime_ns for split, path in cache.items()} == stamps
+
+
+def test_probe_of_an_hourly_task_caches_one_row_per_scored_hour(shard_root, pretrained, tmp_path):
+    extra = ("task=decomp", "train.hourly_mode=sequence", "train.chunk_steps=2", "train.max_chunks=2")
+    results = train.run(
+        load_run_config(probe_words(shard_root, tmp_path, pretrained, *extra, "features=cxr")), CPU
+    )
+    test = torch.load(
+        tmp_path / "decomp" / "ssl_probe" / "0" / "features" / "test.rank0-of-1.pt", weights_only=False
+    )
+    assert test["features"].shape[1] == 512  # features=cxr
+    assert len(test["sample_id"]) == len(set(test["sample_id"])) == results["test"]["n_samples"]
+    assert sorted(test["sample_id"]) == sorted(manifest_ids("decomp", "test"))
+
+
+def test_finetune_trains_the_encoders_without_projection_heads(shard_root, pretrained, tmp_path):
+    cfg = load_run_config(
+        words(
+            shard_root,
+            tmp_path,
+            "mode=finetune",
+            "task=ihm",
+            f"encoder={pretrained}",
+            *SMALL_EHR,
+            "train.epochs=1",
+        )
+    )
+    train.run(cfg, CPU)
+    tuned = ckpt.load(tmp_path / "ihm" / "ssl_finetune" / "0" / "checkpoints" / "last.pt")["model"]
+    start = ckpt.load(pretrained / "checkpoints" / "best.pt")["model"]
+    assert not any(k.startswith(("ehr_head", "cxr_head")) for k in tuned)
+    assert not torch.equal(
+        tuned["ehr_encoder.layers.0.weight_ih_l0"], start["ehr_encoder.layers.0.weight_ih_l0"]
+    )

@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from conf import typed
 from trainer import checkpoint as ckpt
+from trainer import features as feature_cache
 from trainer import identity as run_id
 from trainer import scoring
 from trainer.components import Checkpointer, EarlyStopping, MetricsLogger
@@ -503,6 +504,8 @@ def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
     identity, start_over = run_id.identity_for_run(cfg, data.manifest)
     barrier(ctx)
     model = build_model(cfg)
+    if cfg.mode == "probe" and cfg.train.cache_features:
+        data = feature_cache.cached_data(cfg, ctx, model, data)
     trainer = TRAINERS[cfg.mode](cfg, ctx, model, data, identity)
     if ctx.is_main:
         if start_over:
