@@ -17,7 +17,7 @@ import torch
 from conf.typed import ConfigError
 from shards.tiny import tiny_dataset
 from tests.test_trainer import TINY as SUPERVISED_TINY
-from tests.test_trainer import manifest_ids
+from tests.test_trainer import manifest_ids, torchrun
 from trainer import checkpoint as ckpt
 from trainer import runtime, scoring, train
 from trainer.config import load_run_config
@@ -125,6 +125,17 @@ def test_pretraining_resumes_after_sigkill_to_the_uninterrupted_weights(shard_ro
     assert ref.keys() == got.keys()
     for key in ref:
         assert torch.equal(ref[key], got[key]), key
+
+
+def test_two_gloo_ranks_pretrain_over_the_global_batch_and_validate_every_pair_once(shard_root, tmp_path):
+    """torchrun with 2 processes: 6 paired train samples = one global batch of 2 x 3 per step
+    (the gather in the loss), and the val loss counts each of the 6 paired val samples once."""
+    proc = torchrun(
+        *words(shard_root, tmp_path, "mode=pretrain", "ssl=vicreg", "train.epochs=2", "model.ehr_hidden=8")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "pheno" / "vicreg" / "0" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2 and metrics["val"]["n_samples"] == 6
 
 
 def test_ssl_augment_is_a_batched_warp_and_jitter():
