@@ -19,10 +19,11 @@ from shards.tiny import tiny_dataset
 from tests.test_trainer import TINY as SUPERVISED_TINY
 from tests.test_trainer import manifest_ids, torchrun
 from trainer import checkpoint as ckpt
-from trainer import runtime, scoring, train
+from trainer import runtime, scoring, selection, train
 from trainer.config import load_run_config
 from trainer.data import build_data
 from trainer.distributed import DistContext
+from trainer.models.ssl import encoder_checkpoint
 from trainer.selfsup.augment import AugmentConfig, ssl_augment
 from trainer.selfsup.lars import LARS
 
@@ -252,3 +253,29 @@ def test_finetune_trains_the_encoders_without_projection_heads(shard_root, pretr
     assert not torch.equal(
         tuned["ehr_encoder.layers.0.weight_ih_l0"], start["ehr_encoder.layers.0.weight_ih_l0"]
     )
+
+
+def test_model_selection_probes_every_kept_epoch_and_the_run_folder_then_means_the_best(shard_root, tmp_path):
+    runs = tmp_path / "runs"
+    train.run(
+        load_run_config(words(shard_root, runs, "mode=pretrain", "ssl=vicreg", "train.epochs=2", *SMALL_EHR)),
+        CPU,
+    )
+    run = runs / "pheno" / "vicreg" / "0"
+    assert encoder_checkpoint(run) == run / "checkpoints" / "best.pt"  # before selection
+    probe = words(shard_root, runs, "task=ihm", "train.epochs=1", *SMALL_EHR)
+    assert selection.main([f"encoder={run}", *probe]) == 0
+    picked = json.loads((run / "selection.json").read_text())
+    scores = picked["scores"]
+    assert sorted(scores) == ["epoch_0001.pt", "epoch_0002.pt"] and picked["metric"] == "auroc"
+    for epoch, value in scores.items():  # each score is that epoch's own probe run
+        probe_run = runs / "ihm" / "ssl_probe" / f"select-vicreg-0-{epoch[:-3]}" / "0"
+        assert (
+            json.loads((probe_run / "metrics.json").read_text())["val"]["metrics"]["auroc"]["value"] == value
+        )
+    assert picked["best"] == max(scores, key=scores.get)
+    chosen = ckpt.load(run / "checkpoints" / picked["best"], full=False)["model"]
+    selected = ckpt.load(run / "checkpoints" / "selected.pt", full=False)["model"]
+    assert all(torch.equal(chosen[k], selected[k]) for k in chosen)
+    assert encoder_checkpoint(run) == run / "checkpoints" / "selected.pt"
+    assert selection.main([*probe]) == runtime.EXIT_CONFIG  # no encoder=

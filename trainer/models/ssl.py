@@ -113,10 +113,16 @@ class VICReg(SSLPretrain):
         return VICRegLoss(cfg.invariance, cfg.variance, cfg.covariance)
 
 
+SELECTED = Path("checkpoints") / "selected.pt"  # written by trainer.selection (model selection)
+
+
 def encoder_checkpoint(path: str | Path) -> Path:
-    """A pretraining run folder means its best checkpoint (lowest val loss); a file is itself."""
+    """A pretraining run folder means the epoch model selection chose (``trainer.selection``), else
+    its best checkpoint (lowest val loss); a file is itself."""
     path = Path(path)
-    return path / "checkpoints" / "best.pt" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    return path / SELECTED if (path / SELECTED).is_file() else path / "checkpoints" / "best.pt"
 
 
 class SSLEval(MedModel):
