@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = bc.machine_facts()
     batch = make_batch(args.batch, args.steps, args.image)
     rows = []
-    for name in args.models or list_models():
+    for name in args.models or list_models("supervised"):
         wall, cpu, params = time_model(name, batch, args.warmup, args.repeats)
         paper = PAPER_MILLIONS.get(name)
         log.info(

@@ -50,6 +50,7 @@ class ReaderConfig:
     seed: int = 0
     image: ImageTransformConfig = field(default_factory=ImageTransformConfig)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options (e.g. endpoint)
+    paired_only: bool = False  # only records with an image (SSL pretraining reads pairs)
 
     @property
     def is_train(self) -> bool:
@@ -348,6 +349,8 @@ def _record_stages(root: str, cfg: ReaderConfig, rank: int, world_size: int, man
         _open_with_fsspec(cfg.storage_options, handler),
         _expander(handler),
     ]
+    if cfg.paired_only:  # before decoding and shuffling: unpaired records cost nothing
+        stages.append(wds.select(lambda rec: rec.get("cxr.jpg") is not None))
     if cfg.is_train:
         stages.append(
             wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), rng=random.Random(seed))

@@ -25,7 +25,7 @@ from trainer.train import wrap_forward
 
 WORLD = 2
 TASK = "pheno"
-PRETRAINED = ("early", "medfuse", "late")
+PRETRAINED = ("early", "medfuse", "late", "ssl_probe", "ssl_finetune")
 # (rank 0, rank 1) has_image per step: opposite images across ranks, then the same on both.
 PATTERNS = [
     ((True, True, True), (False, False, False)),
@@ -92,8 +92,8 @@ def _spawn(tmp_path, names: list[str], unused_control: bool = False) -> None:
 
 
 def test_every_trainable_model_runs_ddp_without_find_unused_parameters(tmp_path):
-    trainable = [n for n in list_models() if model_class(n).trainable]
-    assert len(trainable) >= 7
+    trainable = [n for n in list_models("supervised") if model_class(n).trainable]
+    assert len(trainable) >= 9
     _spawn(tmp_path, trainable)
 
 

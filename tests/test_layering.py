@@ -87,3 +87,12 @@ def test_shards_do_not_import_spark_jobs():
         if (module := module_name(path))
     }
     assert not {m: names for m, names in offenders.items() if names}
+
+
+def test_no_trainer_module_shadows_the_standard_library():
+    """``python trainer/train.py`` puts ``trainer/`` first on ``sys.path``: a ``trainer/ssl/`` or
+    ``trainer/select.py`` there would be imported in place of the standard library's module."""
+    import sys
+
+    names = {path.stem for path in (REPO / "trainer").iterdir()}  # modules and packages
+    assert not names & set(sys.stdlib_module_names)

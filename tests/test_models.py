@@ -13,7 +13,7 @@ from trainer.tasks import task_spec
 
 IMAGE = 64
 STEPS = 6
-PRETRAINED = ("early", "medfuse", "late")  # need checkpoints unless init=random
+PRETRAINED = ("early", "medfuse", "late", "ssl_probe", "ssl_finetune")  # need checkpoints unless init=random
 TINY_VIT = {
     "cxr_encoder": "vit",
     "vit_image_size": IMAGE,
@@ -69,8 +69,24 @@ def loss_of(logits, batch, task):
     return nn.functional.binary_cross_entropy_with_logits(logits, batch["y"])
 
 
-def test_registry_has_the_eight_models_and_rejects_unknown_names_and_keys():
-    assert list_models() == ["daft", "early", "joint", "late", "medfuse", "mmtm", "uni_cxr", "uni_ehr"]
+SUPERVISED = list_models("supervised")  # logits out; the pretrain kind is tested in test_ssl.py
+
+
+def test_registry_has_the_models_of_both_kinds_and_rejects_unknown_names_and_keys():
+    assert SUPERVISED == [
+        "daft",
+        "early",
+        "joint",
+        "late",
+        "medfuse",
+        "mmtm",
+        "ssl_finetune",
+        "ssl_probe",
+        "uni_cxr",
+        "uni_ehr",
+    ]
+    assert list_models("pretrain") == ["align", "convirt", "vicreg"]
+    assert list_models() == sorted(SUPERVISED + ["align", "convirt", "vicreg"])
     with pytest.raises(ConfigError, match="unknown model 'medfuze'"):
         create_model("medfuze", None, task_spec("ihm"))
     with pytest.raises(ConfigError, match="fusion_dimm"):
@@ -78,7 +94,7 @@ def test_registry_has_the_eight_models_and_rejects_unknown_names_and_keys():
 
 
 @pytest.mark.parametrize("task_name", ["ihm", "pheno", "los"])  # binary, multi-label, multiclass
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", SUPERVISED)
 def test_forward_backward_gradients(name, task_name):
     """Logits [B, C]; every trainable parameter a finite gradient, every frozen one none."""
     task = task_spec(task_name)
@@ -101,7 +117,7 @@ def test_forward_backward_gradients(name, task_name):
 
 
 @pytest.mark.parametrize("has_image", [(False, False, False), (True, True, True)])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", SUPERVISED)
 def test_every_weight_stays_in_the_graph_without_missing_or_present_images(name, has_image):
     """DDP needs the same parameters used every step: all-missing and all-present batches still
     give every trainable parameter a (finite) gradient; an unused encoder's is zero."""
@@ -131,6 +147,9 @@ CAUSAL_VARIANTS = [
     ("medfuse", {}),
     ("mmtm", {"ehr_pool": "running"}),
     ("daft", {"ehr_pool": "running"}),
+    ("ssl_probe", {}),
+    ("ssl_finetune", {"features": "cxr"}),
+    ("ssl_probe", {"features": "ehr"}),
 ]
 
 

@@ -123,18 +123,21 @@ def test_single_process_run_writes_consistent_outputs(shard_root, tmp_path):
     assert last["finished"] and state["step"] == state["best"]["step"] <= last["step"]
 
 
-def test_two_gloo_ranks_score_every_sample_once(shard_root, tmp_path):
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``trainer/train.py args`` under torchrun: ``nproc`` gloo ranks of one thread each."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        str(REPO / "trainer" / "train.py"),
-        *words(shard_root, tmp_path, "task=ihm", "train.epochs=1", "data.batch_size=2"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
+    return subprocess.run(
+        [*run, str(REPO / "trainer" / "train.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_two_gloo_ranks_score_every_sample_once(shard_root, tmp_path):
+    proc = torchrun(*words(shard_root, tmp_path, "task=ihm", "train.epochs=1", "data.batch_size=2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "ihm" / "uni_ehr" / "0"
     for split, name in (("test", "predictions.parquet"), ("val", "predictions_val.parquet")):

@@ -170,10 +170,23 @@ class MetricsLogger:
 class Checkpointer:
     """A run's ``checkpoints/`` folder: ``last.pt`` after every round (and every
     ``train.ckpt_every`` steps), ``best.pt`` when validation improved, ``last.pt`` read back on
-    resume. Files are written atomically by ``trainer.checkpoint``; every rank adds its RNG state.
+    resume; with ``keep`` also ``<keep>.pt`` (SSL pretraining keeps every epoch's weights for
+    model selection: model keys only, the resume state is in ``last.pt``). Files are written
+    atomically by ``trainer.checkpoint``; every rank adds its RNG state.
     """
 
     FOLDER, LAST, BEST = "checkpoints", "last.pt", "best.pt"
+    KEPT_KEYS = (
+        "model",
+        "model_name",
+        "model_config",
+        "task",
+        "config",
+        "identity",
+        "step",
+        "round",
+        "history",
+    )
 
     def __init__(self, run_dir: Path, ctx: DistContext, resume: bool) -> None:
         self.folder, self.ctx, self.resume = run_dir / self.FOLDER, ctx, resume
@@ -197,7 +210,7 @@ class Checkpointer:
             self.folder.mkdir(parents=True, exist_ok=True)
             ckpt.clean_stale_temps(self.folder)
 
-    def save(self, state: Callable[[], dict[str, Any]], best: bool = False) -> None:
+    def save(self, state: Callable[[], dict[str, Any]], best: bool = False, keep: str | None = None) -> None:
         """Collective: every rank's RNG state is gathered; rank 0 builds ``state()`` and writes."""
         rngs = all_gather_object(rng_state(), self.ctx)
         if self.ctx.is_main:
@@ -206,6 +219,9 @@ class Checkpointer:
             ckpt.save_atomic(full, self.last)
             if best:
                 ckpt.save_atomic(full, self.best)
+            if keep:
+                kept = {k: full[k] for k in self.KEPT_KEYS if k in full}
+                ckpt.save_atomic(kept, self.folder / f"{keep}.pt")
         barrier(self.ctx)
 
     def load_last(self, steps_per_epoch: int) -> dict[str, Any] | None:

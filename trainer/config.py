@@ -6,6 +6,12 @@ preset (e.g. ``smoke``), then ``key=value`` words. ``task=``, ``model=``,
 ``data=`` and ``train=`` name presets. ``model=X`` sets ``model.name``; any other ``model.<key>=v``
 word is a model option (kept in ``model.args``) that ``trainer.models`` validates against the
 model's own typed config (``conf/model/<name>.yaml``), so unknown model keys are errors too.
+
+``mode=`` picks what the one trainer does (``MODES``): supervised training (default), SSL
+pretraining (``mode=pretrain ssl=convirt|vicreg|align``: ``ssl=`` names the model, task
+defaults to pheno), or the evaluation of a pretraining run (``mode=probe|finetune
+encoder=<pretraining run folder> [features=both|ehr|cxr]``: the ``ssl_probe`` / ``ssl_finetune``
+model with ``model.encoder_ckpt`` / ``model.features``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,16 @@ from typing import Any, Literal
 
 from conf import typed
 from conf.tasks import TASK_NAMES, TaskSpec, task_spec
+from trainer.selfsup.augment import AugmentConfig
+
+# mode -> (the model kind it trains, the model it uses when the command names none)
+MODES: dict[str, tuple[str, str | None]] = {
+    "supervised": ("supervised", None),
+    "pretrain": ("pretrain", "convirt"),
+    "probe": ("supervised", "ssl_probe"),
+    "finetune": ("supervised", "ssl_finetune"),
+}
+PRETRAIN_TASK = "pheno"  # SSL pretraining data: the paired training samples of this task by default
 
 
 @dataclass
@@ -43,6 +59,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["adam", "lars"] = "adam"  # lars: the SSL reference's (trainer.selfsup.lars)
     lr: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.999  # the reference passes 0.9 here by mistake (SPEC §10)
@@ -50,6 +67,8 @@ class OptimConfig:
     scheduler: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     grad_clip: float = 0.0  # 0: off
+    momentum: float = 0.9  # lars only
+    lars_eta: float = 0.001  # lars trust coefficient
 
 
 @dataclass
@@ -76,15 +95,18 @@ class TrainConfig:
     run_name: str = ""  # set: runs_dir/task/model/<run_name>/seed, a folder beside the default one
     resume: bool = True  # pick up checkpoints/last.pt in the run dir when present
     progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a TTY
+    cache_features: bool = True  # mode=probe: encode each split once, train the head on the cache
 
 
 @dataclass
 class RunConfig:
     task: str = "ihm"
+    mode: Literal["supervised", "pretrain", "probe", "finetune"] = "supervised"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # mode=pretrain only
 
     def __post_init__(self) -> None:
         task_spec(self.task)  # unknown task: a clear error now, not deep in the loop
@@ -119,18 +141,37 @@ def run_root(runs_dir: str | Path, task: str, model: str, run_name: str = "") ->
 
 
 PRESET_GROUPS = {"data": "wds", "task": None, "train": None}
+# Short words of the SSL modes -> the model option they set.
+MODEL_WORDS = {"ssl": "model.name", "encoder": "model.args.encoder_ckpt", "features": "model.args.features"}
+
+
+def mode_defaults(words: list[str]) -> list[str]:
+    """Words a mode implies unless the command gives them: its model, and pheno for pretraining."""
+    given = dict(w.partition("=")[::2] for w in words)
+    mode = given.get("mode", "supervised")
+    if mode not in MODES:
+        raise typed.ConfigError(f"mode={mode!r} is not one of {list(MODES)}")
+    default_model = MODES[mode][1]
+    implied = []
+    if default_model and not any(k in given for k in ("model", "ssl", "model.name")):
+        implied.append(f"model={default_model}")
+    if mode == "pretrain" and "task" not in given:
+        implied.append(f"task={PRETRAIN_TASK}")
+    return implied + words
 
 
 def load_run_config(words: list[str]) -> RunConfig:
     """Build the run config from command-line words (presets first, then overrides)."""
     chosen: dict[str, str | None] = dict(PRESET_GROUPS)
     rest: list[str] = []
-    for word in words:
+    for word in mode_defaults(words):
         key, _, value = word.partition("=")
         if key in chosen and value:
             chosen[key] = value
             if key == "task":
                 rest.append(word)
+        elif key in MODEL_WORDS and value:
+            rest.append(f"{MODEL_WORDS[key]}={value}")
         elif key == "model" and value:
             rest.append(f"model.name={value}")
         elif key.startswith("model.") and key not in ("model.name",) and not key.startswith("model.args."):

@@ -73,6 +73,8 @@ class ShardData:
 
 
 def _unit(cfg: RunConfig, mode: str) -> str:
+    if cfg.mode == "pretrain":  # paired samples only
+        return "with_image"
     return "records" if mode == "sequence" else "samples"
 
 
@@ -146,6 +148,7 @@ def _reader_config(cfg: RunConfig, mode: str, split: str, train: bool, seed: int
         shuffle_buffer=cfg.data.shuffle_buffer,
         seed=seed,
         image=ImageTransformConfig(resize=cfg.data.image_resize, crop=cfg.data.image_crop),
+        paired_only=cfg.mode == "pretrain",
     )
 
 
@@ -217,7 +220,8 @@ def build_data(cfg: RunConfig, ctx: DistContext) -> ShardData:
     if cfg.task not in manifest.get("tasks", {}):
         raise DataError(f"task {cfg.task!r} is not in {cfg.data.shards} (it has {sorted(manifest['tasks'])})")
     check_manifest(manifest, cfg)
-    mode = cfg.spec.mode(cfg.train.hourly_mode)
+    # Pretraining pairs one window with one image: sample mode whatever the task.
+    mode = "sample" if cfg.mode == "pretrain" else cfg.spec.mode(cfg.train.hourly_mode)
     steps = steps_per_epoch(manifest, cfg, ctx.world_size, mode)
     loader = LOADERS[cfg.data.loader](cfg, ctx, manifest, mode)
     return ShardData(cfg, ctx, manifest, loader, mode, steps)

@@ -18,7 +18,7 @@ from torch import nn
 from conf import typed
 from trainer import checkpoint as ckpt
 from trainer.components import Checkpointer
-from trainer.config import RunConfig, run_root
+from trainer.config import MODES, RunConfig, run_root
 from trainer.data import DataError
 from trainer.distributed import DistContext, init_distributed, setup_logging, shutdown
 from trainer.models.pretrained import PretrainedError
@@ -102,12 +102,29 @@ def check_input_sizes(model_cfg: Any, cfg: RunConfig) -> None:
         )
 
 
+def check_mode_model(mode: str, name: str) -> None:
+    """A model fits a mode by its kind; probe and finetune have their one model each."""
+    from trainer.models import model_class
+
+    kind, (wanted, default) = model_class(name).kind, MODES[mode]
+    if kind != wanted:
+        raise typed.ConfigError(
+            f"model {name!r} is a {kind} model, mode={mode} trains {wanted} ones "
+            "(SSL pretraining: mode=pretrain ssl=convirt|vicreg|align)"
+        )
+    if mode in ("probe", "finetune") and name != default:
+        raise typed.ConfigError(
+            f"mode={mode} uses model {default!r} (encoder=<pretraining run>), not {name!r}"
+        )
+
+
 def build_model(cfg: RunConfig, name: str | None = None, args: dict[str, Any] | None = None) -> nn.Module:
     """The model ``cfg`` names (or ``name`` with ``args``, e.g. a checkpoint's own), handed the
     checkpoint files it starts from."""
     from trainer.models import create_model, model_config
 
     name = name or cfg.model.name
+    check_mode_model(cfg.mode, name)
     model_cfg = model_config(name, dict(cfg.model.args if args is None else args))
     check_input_sizes(model_cfg, cfg)
     paths = find_pretrained(name, model_cfg, cfg.task, cfg.train.runs_dir, cfg.train.seed, cfg.train.run_name)

@@ -2,6 +2,15 @@
 
     torchrun --nproc_per_node=N trainer/train.py task=ihm|pheno|decomp|los|radiology \\
         model=uni_ehr|uni_cxr|... data.shards=PATH|s3://... [key=value ...]
+    torchrun ... trainer/train.py mode=pretrain ssl=convirt|vicreg|align data.shards=... [task=pheno]
+    torchrun ... trainer/train.py mode=probe|finetune task=... encoder=<pretrain run folder> \\
+        [features=both|ehr|cxr] data.shards=...
+
+``mode=pretrain`` trains an SSL model on the paired training samples of the task (val loss for
+early stopping, every epoch's weights kept as ``checkpoints/epoch_NNNN.pt``); ``mode=probe``
+trains a linear head on frozen pretrained encoders, on features cached once per split in
+``features/`` beside the run (``train.cache_features``); ``mode=finetune`` trains the encoders
+too. The loop, checkpoints, resume and run layout are the same in every mode.
 
 Writes ``<runs_dir>/<task>/<model>/[<run_name>/]<seed>/``: ``config.yaml`` (resolved),
 ``run.json`` (the run's identity, ``trainer.identity``), ``metrics.json`` (val/test, bootstrap
@@ -35,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from conf import typed
 from trainer import checkpoint as ckpt
+from trainer import features as feature_cache
 from trainer import identity as run_id
 from trainer import scoring
 from trainer.components import Checkpointer, EarlyStopping, MetricsLogger
@@ -49,6 +59,8 @@ from trainer.distributed import (
     set_rng_state,
 )
 from trainer.runtime import EXIT_CONFIG, NonFiniteLoss, build_model, guarded, summary_line
+from trainer.selfsup.augment import ssl_augment
+from trainer.selfsup.lars import LARS
 from trainer.tasks import TaskSpec
 
 log = logging.getLogger("medmod.trainer")
@@ -128,10 +140,19 @@ def accumulation_rounds(batches_per_epoch: int, accum: int) -> int:
     return steps
 
 
+OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], Any], torch.optim.Optimizer]] = {
+    "adam": lambda params, o: torch.optim.Adam(
+        params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay
+    ),
+    "lars": lambda params, o: LARS(
+        params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, eta=o.lars_eta
+    ),
+}
+
+
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    o = cfg.optim
-    return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    return OPTIMIZERS[cfg.optim.name](params, cfg.optim)
 
 
 class Trainer:
@@ -148,7 +169,7 @@ class Trainer:
         identity: dict[str, Any] | None = None,
     ):
         self.cfg, self.ctx, self.data, self.spec = cfg, ctx, data, cfg.spec
-        self.mode = self.spec.mode(cfg.train.hourly_mode)
+        self.mode = data.mode  # sample mode on cached features whatever train.hourly_mode says
         scoring.check_mode(model, self.mode)
         if not getattr(model, "trainable", True) or not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"model {cfg.model.name!r} has nothing to train; score it with trainer.rescore")
@@ -180,6 +201,7 @@ class Trainer:
         self.early_stopping = EarlyStopping(cfg.train.patience)
         self.metrics = MetricsLogger(cfg.train, ctx, self.run_dir, self.unit, self.total_steps)
         self.checkpointer = Checkpointer(self.run_dir, ctx, cfg.train.resume)
+        self.keep_rounds = False  # keep every round's weights (SSL pretraining: model selection)
 
     # ---------------------------------------------------------------- the algorithm
     def train(self) -> None:
@@ -199,7 +221,8 @@ class Trainer:
                 improved = self.early_stopping.update(self.validate(), self.round, self.step)
                 reason = self.stop_reason()
                 self.finished = reason is not None
-                self.checkpointer.save(self.state_dict, best=improved)
+                keep = f"{self.unit}_{self.round:04d}" if self.keep_rounds else None
+                self.checkpointer.save(self.state_dict, best=improved, keep=keep)
                 if reason:
                     log.info("stopping: %s", reason)
 
@@ -242,12 +265,16 @@ class Trainer:
         if self.cfg.train.channels_last:
             batch = to_channels_last(batch)
         with self.autocast():
-            out = scoring.rows(self.mode, self.forward(batch), batch)
-            loss = self.loss_fn(out.logits.float(), out.y)
+            loss, rows = self.compute_loss(batch)
         if any_rank(not bool(torch.isfinite(loss.detach())), self.ctx):
             self._stop_on_nonfinite()
         (loss / parts).backward()
-        return float(loss.detach()), int(out.logits.shape[0])
+        return float(loss.detach()), rows
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """The training loss of one batch on the device, and the rows it scored."""
+        out = scoring.rows(self.mode, self.forward(batch), batch)
+        return self.loss_fn(out.logits.float(), out.y), int(out.logits.shape[0])
 
     def _stop_on_nonfinite(self) -> NoReturn:
         last = self.checkpointer.last
@@ -383,6 +410,84 @@ class Trainer:
         return None
 
 
+class PretrainTrainer(Trainer):
+    """``mode=pretrain``: the same loop, checkpoints, resume and early stopping; the model's
+    forward is its SSL loss over the global batch (``trainer.models.ssl``), images get the SSL
+    augmentations first, validation is the val loss (negated: EarlyStopping keeps the highest
+    value) and every epoch's weights are kept for model selection."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.keep_rounds = True
+        self.val_samples = 0
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        batch = {**batch, "image": ssl_augment(batch["image"], self.cfg.augment)}
+        return self.forward(batch)["loss"].float(), int(batch["image"].shape[0])
+
+    @torch.no_grad()
+    def val_loss(self) -> tuple[float, int]:
+        """Mean loss over val batches (each rank its share, summed over ranks). Eval batches are
+        not gathered (their sizes differ across ranks); one-row batches have no negatives and no
+        variance, so they are left out."""
+        window = self.cfg.train.val_steps if self.chunked else 0
+        total = torch.zeros(2, dtype=torch.float64)
+        self.model.eval()
+        try:
+            for batch in self.data.eval_iter("val", window):
+                rows = int(batch["image"].shape[0])
+                if rows < 2:
+                    continue
+                with self.autocast():
+                    loss = self.model(scoring.move(batch, self.ctx.device))["loss"]
+                total += torch.tensor([float(loss) * rows, rows], dtype=torch.float64)
+        finally:
+            self.model.train()
+        if self.ctx.distributed:
+            total = total.to(self.ctx.device)
+            torch.distributed.all_reduce(total)
+        loss_sum, rows = total.tolist()
+        return (loss_sum / rows if rows else float("nan")), int(rows)
+
+    def validate(self) -> float:
+        loss, self.val_samples = self.val_loss()
+        if self.ctx.is_main:
+            self.metrics.record_val(self.round, self.step, {"loss": {"value": loss}}, self.val_samples)
+        return -loss
+
+    def final(self) -> dict[str, Any] | None:
+        """No labels to score: rank 0 writes the val-loss history and the selected epoch."""
+        best = self.early_stopping.best
+        results = {
+            "task": self.cfg.task,
+            "mode": self.cfg.mode,
+            "model": self.cfg.model.name,
+            "seed": self.cfg.train.seed,
+            "identity": run_id.short_hash(self.identity),
+            "checkpoint": str(self.checkpointer.for_scoring()),
+            "best": {"val_loss": -best["value"] if best["value"] is not None else None, **best},
+            "world_size": self.ctx.world_size,
+            "steps": self.step,
+            "history": self.metrics.history,
+            "throughput": self.metrics.throughput(),
+        }
+        if best["value"] is not None:
+            results["val"] = {"metrics": {"loss": {"value": -best["value"]}}, "n_samples": self.val_samples}
+        if self.ctx.is_main:
+            scoring.write_json(results, self.run_dir / "metrics.json")
+            self.metrics.close()
+            return results
+        return None
+
+
+TRAINERS: dict[str, type[Trainer]] = {
+    "supervised": Trainer,
+    "pretrain": PretrainTrainer,
+    "probe": Trainer,
+    "finetune": Trainer,
+}
+
+
 def write_config(cfg: RunConfig, model_config: dict[str, Any], run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = typed.to_dict(cfg)
@@ -399,7 +504,9 @@ def run(cfg: RunConfig, ctx: DistContext) -> dict[str, Any] | None:
     identity, start_over = run_id.identity_for_run(cfg, data.manifest)
     barrier(ctx)
     model = build_model(cfg)
-    trainer = Trainer(cfg, ctx, model, data, identity)
+    if cfg.mode == "probe" and cfg.train.cache_features:
+        data = feature_cache.cached_data(cfg, ctx, model, data)
+    trainer = TRAINERS[cfg.mode](cfg, ctx, model, data, identity)
     if ctx.is_main:
         if start_over:
             run_id.clear_run_dir(trainer.run_dir)

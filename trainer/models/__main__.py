@@ -1,7 +1,9 @@
 """``python -m trainer.models --list``: registered models, trainable parameters vs the paper.
 
 Counts are for IHM (C = 1) with the default configs; models that start from checkpoints are
-built with ``init=random`` here (same shapes, no files needed).
+built with ``init=random`` here (same shapes, no files needed). ``kind``: supervised models give
+logits, pretrain models (``mode=pretrain``) an SSL loss; their counts include the projection
+heads (and ALIGN's temperature).
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ def trainable_parameters(name: str, task: str = "ihm") -> int:
 
 
 def table(task: str = "ihm") -> list[str]:
-    lines = [f"{'model':<9} {'trainable (M)':>13} {'paper (M)':>9} {'diff':>7}  causal  trainable"]
+    lines = [
+        f"{'model':<12} {'kind':<10} {'parameters':>10} {'trainable (M)':>13} {'paper (M)':>9} {'diff':>7}  causal  trainable"
+    ]
     for name in list_models():
-        count = trainable_parameters(name, task) / 1e6
+        params = trainable_parameters(name, task)
+        count = params / 1e6
         paper = PAPER_MILLIONS.get(name)
         paper_txt = f"{paper:9.2f}" if paper else f"{'-':>9}"
         diff_txt = f"{(count - paper) / paper:+7.0%}" if paper else f"{'':>7}"
         cls = model_class(name)
-        lines.append(f"{name:<9} {count:13.3f} {paper_txt} {diff_txt}  {cls.causal!s:<6}  {cls.trainable}")
+        lines.append(
+            f"{name:<12} {cls.kind:<10} {params:>10} {count:13.3f} {paper_txt} {diff_txt}  {cls.causal!s:<6}  {cls.trainable}"
+        )
     return lines
 
 

@@ -4,7 +4,8 @@
 ``causal = True`` also have ``forward_sequence(batch) -> [B, T, C]``: row t only sees hours
 <= t, and the trainer gathers rows at ``hour_index``. ``trainable = False`` (late fusion) tells
 the trainer to evaluate without an optimisation loop. ``head_names`` lists the outputs of
-``forward_heads`` (MMTM adds its unimodal heads for evaluation). ``pretrained_inputs`` names the
+``forward_heads`` (MMTM adds its unimodal heads for evaluation). ``kind = "pretrain"`` marks the
+self-supervised models, whose forward returns loss terms instead of logits. ``pretrained_inputs`` names the
 unimodal checkpoints a model starts from; the trainer resolves their paths and passes them as
 ``checkpoints=`` to the constructor (``checkpoint_inputs`` says which ones a config needs).
 """
@@ -86,6 +87,9 @@ class MedModel(nn.Module):
     name: ClassVar[str] = ""
     causal: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
+    # "supervised": forward gives logits; "pretrain": forward gives an SSL objective's terms
+    # (trainer mode=pretrain, trainer.models.ssl), so logit-based code lists models of one kind.
+    kind: ClassVar[str] = "supervised"
     head_names: ClassVar[tuple[str, ...]] = ("fused",)
     pretrained_inputs: ClassVar[dict[str, PretrainedInput]] = {}
 

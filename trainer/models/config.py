@@ -112,3 +112,40 @@ class DAFTConfig(EncoderConfig):
 
     daft_bottleneck: int | None = None
     ehr_pool: Literal["window", "running"] = "window"
+
+
+@dataclass
+class SSLConfig(EncoderConfig):
+    """Self-supervised pretraining (SPEC §10): both encoders, each with a 3-layer projection
+    head to ``proj_dim`` (Linear-ReLU-Linear-ReLU-Linear without bias)."""
+
+    proj_dim: int = 128
+
+
+@dataclass
+class ContrastiveConfig(SSLConfig):
+    """ConVIRT (fixed ``temperature``) and ALIGN (learned, starting at ``temperature``).
+    ``noisy_fraction``: share of each batch's EHR rows swapped among themselves (ALIGN's noisy
+    pairs; 0 for ConVIRT)."""
+
+    temperature: float = 0.1
+    noisy_fraction: float = 0.0
+
+
+@dataclass
+class VICRegConfig(SSLConfig):
+    invariance: float = 25.0
+    variance: float = 25.0
+    covariance: float = 1.0
+
+
+@dataclass
+class SSLEvalConfig(EncoderConfig):
+    """Linear probe (frozen encoders) and fine-tuning of SSL-pretrained encoders: a linear head
+    on ``features`` (both: [v_ehr; v_cxr]). ``encoder_ckpt``: the pretraining run folder (its
+    ``checkpoints/best.pt``) or a checkpoint file; ``init=random`` skips it (the baseline probe)."""
+
+    init: Literal["pretrained", "random"] = "pretrained"
+    encoder_ckpt: str | None = None
+    features: Literal["both", "ehr", "cxr"] = "both"
+    freeze_encoders: bool = True

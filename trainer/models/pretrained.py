@@ -67,8 +67,9 @@ def pretrained_paths(
     return paths
 
 
-def read_checkpoint(path: str | Path, expected_model: str) -> dict[str, Any]:
-    """Load and validate a unimodal checkpoint; clear errors for the usual mistakes."""
+def read_checkpoint(path: str | Path, expected_model: str | tuple[str, ...]) -> dict[str, Any]:
+    """Load and validate a checkpoint of ``expected_model`` (or of one of several names: the SSL
+    methods' encoders are interchangeable); clear errors for the usual mistakes."""
     path = Path(path)
     if not path.is_file():
         raise PretrainedError(
@@ -79,8 +80,11 @@ def read_checkpoint(path: str | Path, expected_model: str) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise PretrainedError(f"{path} is not a model checkpoint: needs keys {REQUIRED_KEYS}, has {keys}")
-    if ckpt["model_name"] != expected_model:
-        raise PretrainedError(f"{path} holds model {ckpt['model_name']!r}, expected {expected_model!r}")
+    allowed = (expected_model,) if isinstance(expected_model, str) else expected_model
+    if ckpt["model_name"] not in allowed:
+        raise PretrainedError(
+            f"{path} holds model {ckpt['model_name']!r}, expected {' or '.join(map(repr, allowed))}"
+        )
     ckpt["model"] = strip_wrappers(ckpt["model"])
     return ckpt
 
@@ -119,7 +123,13 @@ def load_encoder(
 ) -> None:
     """Copy ``<prefix>.*`` weights of a ``expected_model`` checkpoint into ``module``."""
     path = Path(path)
-    ckpt = read_checkpoint(path, expected_model)
+    copy_encoder(module, cfg, read_checkpoint(path, expected_model), path, prefix)
+
+
+def copy_encoder(
+    module: nn.Module, cfg: EncoderConfig, ckpt: dict[str, Any], path: Path, prefix: str
+) -> None:
+    """Copy the ``<prefix>.*`` weights of an already read checkpoint into ``module``."""
     check_architecture(cfg, ckpt, prefix == "ehr_encoder", path)
     state = {k[len(prefix) + 1 :]: v for k, v in ckpt["model"].items() if k.startswith(prefix + ".")}
     if not state:
@@ -128,4 +138,4 @@ def load_encoder(
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise PretrainedError(f"{path}: {prefix} weights do not fit: {err}") from None
-    log.info("%s initialised from %s (%s)", prefix, path, expected_model)
+    log.info("%s initialised from %s (%s)", prefix, path, ckpt["model_name"])

@@ -41,8 +41,9 @@ def _check_pretrained_inputs(cls: type) -> None:
             )
 
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+def list_models(kind: str | None = None) -> list[str]:
+    """Registered names; ``kind`` ("supervised" / "pretrain") keeps the models of that kind."""
+    return sorted(name for name, cls in _MODELS.items() if kind is None or cls.kind == kind)
 
 
 def model_class(name: str) -> type:
