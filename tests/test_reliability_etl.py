@@ -6,7 +6,7 @@ the moment the first new data file of its run appears (mid write, before that wr
 on an output that already holds a finished run: readers must
 still see exactly that run although the dead writer's files lie on disk, and a re-run must give
 it again and leave no staging copy. Secret: with credentials planted in the environment, no log
-and no output file (``_delta_log`` included) holds them.
+and no output file (``_delta_log`` included) of the ingest stage or of a training run holds them.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ from spark_jobs import ingest
 from spark_jobs.session import SparkConfig, build_spark
 from tests.test_reliability_etl import ingest_config
 
-spark = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
-ingest.run(spark, ingest_config(sys.argv[1]), sys.argv[2])
+level = sys.argv[3] if len(sys.argv) > 3 else "WARN"
+spark = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="1g", log_level=level))
+print(ingest.run(spark, ingest_config(sys.argv[1]), sys.argv[2]))
 """
 
 
@@ -148,8 +149,9 @@ def _holding(root: Path, needle: bytes) -> list[str]:
 
 def test_planted_secret_never_reaches_logs_or_delta_log(raw, tmp_path):
     """Credentials live in the environment only: with a secret planted in the variables S3 reads
-    (and one more), an ETL run and a training run write it nowhere: not in their logs (Spark's
-    at INFO), not in any output file (Delta commit metadata, _quality, run config, checkpoints)."""
+    (and one more), the ingest stage and a training run write it nowhere: not in their logs
+    (Spark's at INFO), not in any output file (Delta commit metadata with the stage's config,
+    quarantine, run config, checkpoints)."""
     from shards.tiny import tiny_dataset
     from tests.test_trainer import words
 
@@ -163,7 +165,7 @@ def test_planted_secret_never_reaches_logs_or_delta_log(raw, tmp_path):
         "MEDMOD_PLANTED_SECRET": SECRET,
     }
     out = tmp_path / "out"
-    etl = [sys.executable, "-m", "spark_jobs.pipeline", *_words(raw, out, "spark.log_level=INFO")]
+    etl = [sys.executable, "-c", _INGEST, str(raw), str(out), "INFO"]
     etl_run = subprocess.run(etl, env=env, capture_output=True, timeout=600)
     assert etl_run.returncode == 0, etl_run.stderr[-3000:]
 
@@ -178,7 +180,7 @@ def test_planted_secret_never_reaches_logs_or_delta_log(raw, tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
 
     logs = etl_run.stdout + etl_run.stderr + trained.stdout + trained.stderr
-    assert b"stage ingest done" in logs and b"INFO" in logs  # the logs searched are the real ones
+    assert b"'rows_in': 4, 'kept': 3" in logs and b"INFO" in logs  # the logs searched are the real ones
     assert list(out.rglob("_delta_log/*.json")) and list(runs.rglob("*.pt"))
     needle = SECRET.encode()
     assert needle not in logs
