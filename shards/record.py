@@ -23,7 +23,7 @@ _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class ImageError(ValueError):
-    """An image that cannot be used (missing or not decodable); ``reason`` is the counted reason."""
+    """An image that cannot be used (missing, not decodable or too large); ``reason`` is the counted reason."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -100,15 +100,27 @@ def encode_record(rec: Record) -> list[tuple[str, bytes]]:
     return sorted(parts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
 
 
+def _to_gray8(img):
+    """8-bit grayscale. 16/32-bit integer images are scaled by their bit depth: PIL's own
+    ``convert("L")`` clips them at 255, which turns a 16-bit radiograph almost white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        top = 65535.0 if img.mode.startswith("I;16") or img.getextrema()[1] <= 65535 else 2.0**32 - 1
+        return img.convert("I").point(lambda v: v * (255.0 / top)).convert("L")
+    return img.convert("L")
+
+
 def encode_image(data: bytes, image_size: int = 256) -> bytes:
     """Decode any image PIL reads, make it grayscale, resize the short side to ``image_size``
-    (aspect kept, bicubic) and encode a baseline JPEG; raises :class:`ImageError` ("corrupt")."""
+    (aspect kept, bicubic) and encode a baseline JPEG; raises :class:`ImageError` ("corrupt", or
+    "too_large" past PIL's decompression-bomb limit, checked on the header before decoding)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            gray = img.convert("L")
+            gray = _to_gray8(img)
+    except Image.DecompressionBombError as err:  # PIL's guard (MAX_IMAGE_PIXELS): not an OSError
+        raise ImageError("too_large", str(err)) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageError("corrupt", str(err)) from err
     w, h = gray.size

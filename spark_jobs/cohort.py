@@ -6,11 +6,13 @@ into the cohort is returned as a reject with its reason, so that the stage can p
 ``stays in = stays kept + stays rejected`` and report how many fell at each rule — the
 reference counts of SPEC §2 are checked that way.
 
-Rule order (a stay gets the first reason that applies): ``transfer`` (first_careunit differs from
-last_careunit), ``missing_admission`` (hadm_id null or not in admissions),
+Rule order (a stay gets the first reason that applies): ``duplicate_stay`` (its stay_id is on
+more than one icustays row), ``transfer`` (first_careunit differs from
+last_careunit), ``missing_admission`` (hadm_id null or not in admissions), ``conflicting_admission``
+(two different admissions rows with its hadm_id),
 ``multiple_stays_in_admission`` (more than one non-transfer stay in the admission: like the
 references, stays are counted after dropping transfers and before any other rule),
-``missing_patient``, ``bad_times`` (intime/outtime null or outtime <= intime), ``missing_age``,
+``missing_patient``, ``conflicting_patient`` (two different patients rows), ``bad_times`` (intime/outtime null or outtime <= intime), ``missing_age``,
 ``minor`` (age < ``min_age``).
 """
 
@@ -104,6 +106,17 @@ def _hours_between(end: Column, start: Column) -> Column:
     return (end.cast("double") - start.cast("double")) / F.lit(3600.0)
 
 
+def _one_row_per_id(df: DataFrame, key: str, count_col: str) -> DataFrame:
+    """``df`` without exact duplicate rows, one row per ``key``, with ``count_col``: how many
+    different rows the key had (more than one: a conflict the caller rejects)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    distinct = df.distinct()
+    counted = distinct.withColumn(count_col, F.count(F.lit(1)).over(Window.partitionBy(key)))
+    return counted.dropDuplicates([key])
+
+
 def select_stays(
     icustays: DataFrame, admissions: DataFrame, patients: DataFrame, cfg: CohortConfig | None = None
 ) -> Checked:
@@ -120,19 +133,18 @@ def select_stays(
     stays = icustays.withColumn("__transfer", transfer)
     per_adm = Window.partitionBy("hadm_id")
     stays = stays.withColumn("__n_in_adm", F.sum(F.when(~F.col("__transfer"), 1).otherwise(0)).over(per_adm))
+    stays = stays.withColumn("__n_stay", F.count(F.lit(1)).over(Window.partitionBy("stay_id")))
 
-    # Bronze ids are unique in MIMIC; dedupe anyway so a bad input cannot multiply stays.
-    adm = admissions.select(
+    # Ids are unique in MIMIC. A repeated row is one fact (kept once); an id with two different
+    # rows cannot be trusted: its stays are rejected, never joined to either row (or to both).
+    adm = _one_row_per_id(
+        admissions.select("hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"),
         "hadm_id",
-        "admittime",
-        "dischtime",
-        "deathtime",
-        "hospital_expire_flag",
-        F.lit(True).alias("__has_adm"),
-    ).dropDuplicates(["hadm_id"])
-    pat = patients.select(
-        "subject_id", "gender", "anchor_age", "anchor_year", "dod", F.lit(True).alias("__has_pat")
-    ).dropDuplicates(["subject_id"])
+        "__n_adm",
+    ).withColumn("__has_adm", F.lit(True))
+    pat = _one_row_per_id(
+        patients.select("subject_id", "gender", "anchor_age", "anchor_year", "dod"), "subject_id", "__n_pat"
+    ).withColumn("__has_pat", F.lit(True))
     # admissions and patients are a few hundred thousand narrow rows even in MIMIC-IV v3:
     # broadcasting them avoids shuffling icustays twice.
     joined = stays.join(F.broadcast(adm), "hadm_id", "left").join(F.broadcast(pat), "subject_id", "left")
@@ -144,17 +156,20 @@ def select_stays(
 
     bad_times = F.col("intime").isNull() | F.col("outtime").isNull() | (F.col("outtime") <= F.col("intime"))
     reason = (
-        F.when(F.col("__transfer"), "transfer")
+        F.when(F.col("__n_stay") > 1, "duplicate_stay")
+        .when(F.col("__transfer"), "transfer")
         .when(F.col("hadm_id").isNull() | F.col("__has_adm").isNull(), "missing_admission")
+        .when(F.col("__n_adm") > 1, "conflicting_admission")
         .when(F.col("__n_in_adm") > 1, "multiple_stays_in_admission")
         .when(F.col("__has_pat").isNull(), "missing_patient")
+        .when(F.col("__n_pat") > 1, "conflicting_patient")
         .when(bad_times, "bad_times")
         .when(F.col("age").isNull(), "missing_age")
         .when(F.col("age") < F.lit(cfg.min_age), "minor")
     )
     tagged = joined.withColumn("__reason", reason)
     kept = tagged.where(F.col("__reason").isNull()).drop(
-        "__reason", "__transfer", "__n_in_adm", "__has_adm", "__has_pat"
+        "__reason", "__transfer", "__n_in_adm", "__has_adm", "__has_pat", "__n_stay", "__n_adm", "__n_pat"
     )
     rejected = rejects(
         tagged.where(F.col("__reason").isNotNull()), STAGE, SOURCE, F.col("__reason"), record_columns=icu_cols

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conf.typed import ConfigError
 from spark_jobs import jars
 
 log = logging.getLogger(__name__)
 LOG4J_CONF = Path(__file__).resolve().parent / "log4j2.properties"
+# Spark setting names that carry a credential (Spark's own redaction pattern, plus S3A's keys).
+_CREDENTIAL_KEY = re.compile(r"(?i)secret|password|token|access[._]?key|credentials?$")
 
 
 @dataclass
@@ -46,8 +50,18 @@ class SparkConfig:
     shuffle_partitions: int = 0
     log_level: str = "WARN"
     s3: S3Config = field(default_factory=S3Config)
-    # Any other spark.* setting, passed through verbatim.
+    # Any other spark.* setting, passed through verbatim (never credentials: see __post_init__).
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A config is logged and stamped on every Delta commit: credentials come from the
+        # environment or a profile (s3.credentials_provider), never from here.
+        secret = [k for k in self.extra if _CREDENTIAL_KEY.search(k)]
+        if secret:
+            raise ConfigError(
+                f"spark.extra must not hold credentials ({', '.join(secret)}): set them in the "
+                "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or an AWS profile"
+            )
 
 
 def _s3a_conf(cfg: S3Config) -> dict[str, str]:

@@ -61,7 +61,17 @@ def init_distributed(device: str = "auto") -> DistContext:
                 local_world,
                 gpus,
             )
-        dist.init_process_group(backend=backend)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if attempt != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # After a restart the agent's store still holds the dead attempt's addresses under
+            # the same keys: a restarted rank would connect to a dead peer. Keys per attempt.
+            store = dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False
+            )
+            prefixed = dist.PrefixStore(f"/medmod/attempt_{attempt}", store)
+            dist.init_process_group(backend=backend, store=prefixed, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 

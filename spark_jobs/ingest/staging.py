@@ -29,6 +29,7 @@ REASON = "__reason"
 RECORD = "__record"
 WANTED = "__wanted"
 FILTERED_OUT = "filtered_out"
+REPLACEMENT_CHAR = "\ufffd"
 
 # Ids a row is useless without: the joins of the later stages. Everything else may be null
 # (labevents.hadm_id often is; chartevents.hadm_id is not needed once stay_id is there).
@@ -80,12 +81,22 @@ def _match_columns(table: RawTable, available: Sequence[str], where: str) -> dic
     if missing:
         raise HeaderError(
             f"{where}: missing column(s) {', '.join(missing)} of table {table.name!r} "
-            f"(found: {', '.join(available)})"
+            f"(found: {', '.join(available)}){_delimiter_hint(available)}"
         )
     repeated = [c for c in table.column_names if len(by_lower[c.lower()]) > 1]
     if repeated:
         raise HeaderError(f"{where}: column(s) {', '.join(repeated)} appear more than once")
     return {c: by_lower[c.lower()][0] for c in table.column_names}
+
+
+def _delimiter_hint(available: Sequence[str]) -> str:
+    """A hint when a one-column header holds another delimiter: the usual cause of 'all missing'."""
+    if len(available) != 1:
+        return ""
+    for name, sep in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|")):
+        if sep in available[0]:
+            return f"; the header looks {name}-separated, but raw tables must be comma-separated"
+    return ""
 
 
 def _read_csv(spark: SparkSession, loc: Located, table: RawTable) -> DataFrame:
@@ -214,9 +225,15 @@ def keep_wanted(raw: DataFrame, itemids: Sequence[int]) -> tuple[DataFrame, Obse
     return observed.where(F.col(WANTED)).drop(WANTED), counted
 
 
+def _is_id(column: str) -> bool:
+    """MIMIC's identifiers (``subject_id``, ``itemid``, ...) are positive; a negative one is bad."""
+    return column.endswith("_id") or column == "itemid"
+
+
 def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
     """``raw`` plus the typed values ``__v<i>`` and the one ``__reason`` (null: keep)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
 
     source_types = {f.name: f.dataType for f in raw.schema.fields}
     names = table.column_names
@@ -236,6 +253,13 @@ def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
     for i, (_, logical) in enumerate(table.columns):
         bad = F.coalesce(F.col(f"__p{i}"), F.lit(False)) & F.col(f"__v{i}").isNull()
         checks.append(F.when(bad, F.lit(f"bad_{logical}:{names[i]}")))
+    for i, (c, logical) in enumerate(table.columns):
+        if logical in ("long", "int") and _is_id(c):
+            checks.append(F.when(F.col(f"__v{i}") < 0, F.lit(f"negative_id:{c}")))
+        elif logical == "string" and isinstance(source_types[c], StringType):
+            # The csv reader decodes UTF-8 and turns every invalid byte into U+FFFD: without this
+            # check a latin-1 file would load with its text silently changed.
+            checks.append(F.when(F.instr(F.col(_q(c)), REPLACEMENT_CHAR) > 0, F.lit(f"bad_encoding:{c}")))
     return tagged.withColumn(REASON, F.coalesce(*checks))
 
 
@@ -246,8 +270,9 @@ def stage_rows(raw: DataFrame, table: RawTable) -> DataFrame:
 
     One reason per rejected row, the first that applies: ``malformed_line`` (csv line with the
     wrong number of fields), ``null_id:<col>`` (a required id is missing, see ``REQUIRED_IDS``),
-    ``bad_<type>:<col>`` (a present value does not parse; never silently nulled). A single reason
-    column decides both halves, so rows in = kept + rejected.
+    ``bad_<type>:<col>`` (a present value does not parse; never silently nulled),
+    ``negative_id:<col>`` (an id below 0), ``bad_encoding:<col>`` (text that was not UTF-8). A
+    single reason column decides both halves, so rows in = kept + rejected.
 
     Kept rows, rejected rows and the counts are all projections of this one frame, so the run
     writes it once (the only pass over the raw files) and derives the rest from that copy.

@@ -2,8 +2,8 @@
 
 Checkpoint format (agreed with the trainer): ``torch.save`` of a dict with at least
 ``{"model": state_dict, "model_name": str, "model_config": dict}``. The trainer's file may hold
-more (optimizer, RNG, step); only these three keys are read here. These are this project's own
-run outputs, so they are unpickled in full (RNG states are not plain tensors).
+more (optimizer, RNG, step); only these three keys are read here, through the trainer's
+``weights_only`` loader (``trainer.checkpoint.safe_load``).
 
 A model class declares what it starts from (``pretrained_inputs``: slot -> PretrainedInput) and
 loads the files it is handed; finding them by the run layout is the trainer's business
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.checkpoint import safe_load
 from trainer.models.config import CXR_ARCH_FIELDS, EHR_ARCH_FIELDS, EncoderConfig, PretrainedConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,10 @@ def read_checkpoint(path: str | Path, expected_model: str | tuple[str, ...]) -> 
             f"{expected_model} checkpoint not found: {path} (train it first: "
             f"trainer/train.py model={expected_model} ..., or point model.*_ckpt at the file)"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = safe_load(path)
+    except Exception as err:  # a torn file or a pickle naming code: say which file
+        raise PretrainedError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise PretrainedError(f"{path} is not a model checkpoint: needs keys {REQUIRED_KEYS}, has {keys}")
