@@ -117,7 +117,7 @@ def _load_or_encode(
     path: Path, key: dict[str, Any], model: torch.nn.Module, data: ShardData, split: str, ctx: DistContext
 ) -> dict[str, Any]:
     if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=False)
+        cached = ckpt.safe_load(path, map_location="cpu")
         if cached.get("key") == key:
             return cached
         log.info("%s was cached for other encoder settings; encoding %s again", path, split)
