@@ -237,7 +237,7 @@ def test_runs_without_a_cxr_encoder_or_checkpoint_are_clear_errors(lesions, tmp_
     assert err[-1] == "error: model 'uni_ehr' has no CXR encoder to explain"
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("supervised"))  # SSL pretraining models have no head to explain
 def test_every_model_with_a_resnet_gets_maps_of_its_images(name):
     """Registry-driven: fusion models included (early's frozen encoder too), samples without an
     image skipped, maps in [0, 1] at the input size; a model without a ResNet is an error."""
