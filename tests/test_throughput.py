@@ -40,7 +40,9 @@ def _trainer(tmp_path, accum: int) -> Trainer:
 
     cfg = _cfg(tmp_path / str(accum), f"train.grad_accum_steps={accum}")
     torch.manual_seed(0)
-    return Trainer(cfg, CPU, build_model(cfg), SimpleNamespace(steps_per_epoch=8, manifest={"tasks": {}}))
+    return Trainer(
+        cfg, CPU, build_model(cfg), SimpleNamespace(steps_per_epoch=8, manifest={"tasks": {}}, mode="sample")
+    )
 
 
 def _rows(batch: dict, rows: slice) -> dict:
