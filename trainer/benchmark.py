@@ -268,14 +268,12 @@ class Protocol:
 def select(outcomes: list[Outcome], metric: str) -> Trial | None:
     """The search trial with the best validation ``metric`` (all of this task's metrics in the
     selection are higher-is-better: AUROC, kappa); None when none finished."""
-    finished = [o for o in outcomes if o.status in ("done", "reused") and not math.isnan(o.val(metric))]
+    finished = [o for o in outcomes if o.status in ("done", "reused")]
     if not finished:
-        finished = [o for o in outcomes if o.status in ("done", "reused")]
-        if not finished:
-            return None
+        return None
+    # an undefined value ranks below every defined one; ties go to the lower trial number
     return max(
-        finished,
-        key=lambda o: (o.val(metric) if not math.isnan(o.val(metric)) else -math.inf, -o.trial.index),
+        finished, key=lambda o: (-math.inf if math.isnan(o.val(metric)) else o.val(metric), -o.trial.index)
     ).trial
 
 

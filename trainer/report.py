@@ -72,6 +72,12 @@ def summary(values: pd.Series) -> tuple[float, float, int]:
     return mean, std, n
 
 
+def test_summary(runs: pd.DataFrame, task: str, model: str, metric: str) -> tuple[float, float, int]:
+    """Mean, std and count of ``test_<metric>`` over the runs of ``model`` on ``task``."""
+    values = runs[(runs.task == task) & (runs.model == model)].get(f"test_{metric}", pd.Series(dtype=float))
+    return summary(values)
+
+
 def cell(mean: float, std: float, n: int) -> str:
     if n == 0:
         return "—"
@@ -89,18 +95,7 @@ def metric_table(runs: pd.DataFrame, metrics_of: Any, models: list[str], tasks: 
     columns = [(t, m) for t in tasks for m in metrics_of(t)]
     rows = []
     for model in models:
-        rows.append(
-            [
-                cell(
-                    *summary(
-                        runs[(runs.task == t) & (runs.model == model)].get(
-                            f"test_{m}", pd.Series(dtype=float)
-                        )
-                    )
-                )
-                for t, m in columns
-            ]
-        )
+        rows.append([cell(*test_summary(runs, t, model, m)) for t, m in columns])
     index = pd.Index(models, name="model")
     return pd.DataFrame(rows, index=index, columns=[f"{t} {LABELS.get(m, m)}" for t, m in columns])
 
@@ -117,14 +112,7 @@ def gain_table(runs: pd.DataFrame, models: list[str], tasks: list[str]) -> pd.Da
     rows = []
     for task in tasks:
         for metric in headline(task):
-            means = {
-                m: summary(
-                    runs[(runs.task == task) & (runs.model == m)].get(
-                        f"test_{metric}", pd.Series(dtype=float)
-                    )
-                )[0]
-                for m in models
-            }
+            means = {m: test_summary(runs, task, m, metric)[0] for m in models}
             means = {m: v for m, v in means.items() if not math.isnan(v)}
             uni = {m: v for m, v in means.items() if is_unimodal(m)}
             multi = {m: v for m, v in means.items() if not is_unimodal(m)}
@@ -220,9 +208,7 @@ def cost_table(runs: pd.DataFrame, models: list[str], timing: bool) -> pd.DataFr
                     "trainable (M)": params,
                     "paper (M)": "—" if paper is None else f"{paper:.2f}",
                     "CPU s / batch of 16": seconds,
-                    "IHM AUROC": cell(
-                        *summary(ihm[ihm.model == model].get("test_auroc", pd.Series(dtype=float)))
-                    ),
+                    "IHM AUROC": cell(*test_summary(ihm, "ihm", model, "auroc")),
                 }
             )
     finally:
@@ -321,10 +307,7 @@ def side_by_side(named: dict[str, pd.DataFrame]) -> pd.DataFrame:
         for task in tasks:
             for metric in headline(task):
                 for name, frame in runs.items():
-                    values = frame[(frame.task == task) & (frame.model == model)]
-                    row[f"{task} {LABELS[metric]} {name}"] = cell(
-                        *summary(values.get(f"test_{metric}", pd.Series(dtype=float)))
-                    )
+                    row[f"{task} {LABELS[metric]} {name}"] = cell(*test_summary(frame, task, model, metric))
         rows.append(row)
     return pd.DataFrame(rows)
 
