@@ -42,11 +42,14 @@ class IngestTuning:
 
     concurrency: int = 0  # tables read / written side by side (0: one per core)
     spread: int = 0  # partitions a single-task input is spread over (0: auto, 1: off)
+    reader: str = "auto"  # raw events csv parsed by arrow (local files) | spark | auto
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in (("concurrency", self.concurrency), ("spread", self.spread)) if v < 0}
         if bad:
             raise typed.ConfigError(f"ingest.{', ingest.'.join(bad)} must be >= 0, got {bad}")
+        if self.reader not in ("auto", "arrow", "spark"):
+            raise typed.ConfigError(f"ingest.reader must be auto, arrow or spark, got {self.reader!r}")
 
 
 @dataclass
@@ -183,6 +186,7 @@ class Pipeline:
             ),
             concurrency=self.cfg.ingest.concurrency,
             spread=self.cfg.ingest.spread,
+            reader=self.cfg.ingest.reader,
         )
         counts = ingest.run(self.spark, cfg, self.cfg.out, self.metadata("ingest", cfg))
         for name, c in counts.items():

@@ -31,6 +31,10 @@ class CorruptInputError(IngestError):
     """A file exists but cannot be read: truncated or corrupt compression, bad parquet, ..."""
 
 
+class NeedsSparkReader(IngestError):
+    """The Arrow reader met input only Spark's csv reader quarantines (see ``arrow_csv``)."""
+
+
 # Root causes that mean "this input file is damaged", whichever file Spark was on.
 _DAMAGED_INPUT = (
     "java.io.EOFException",
@@ -48,8 +52,18 @@ def _java_exception(exc: BaseException):
     return getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
 
 
+# What a Python task (the Arrow reader) puts before its one-line description of a bad input,
+# and before an input it cannot read but Spark's csv reader can.
+PYTHON_INPUT_ERROR = "medmod-input-error: "
+ARROW_CANNOT_READ = "needs the spark reader: "
+
+
 def _java_cause(exc: BaseException) -> str:
-    """The innermost Java exception as 'Class: message' (its first lines), else str(exc)."""
+    """The innermost Java exception as 'Class: message' (its first lines), else str(exc); for a
+    Python task's input error, its own line instead of the Python traceback around it."""
+    text = _full_text(exc)
+    if PYTHON_INPUT_ERROR in text:
+        return text.split(PYTHON_INPUT_ERROR, 1)[1].splitlines()[0]
     jexc = _java_exception(exc)
     if jexc is None:
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -108,6 +122,8 @@ def naming_files(
         if culprit is None:
             raise
         cause = _java_cause(exc)
+        if ARROW_CANNOT_READ in cause:
+            raise NeedsSparkReader(f"error {what} {culprit}:\n  {cause}") from None
         if "CSV header does not conform" in cause:
             hint = "\n(every part of a table must have the first part's header, in the same order)"
             raise HeaderError(f"error {what} {culprit}:\n  {cause}{hint}") from None

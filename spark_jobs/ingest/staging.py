@@ -29,6 +29,8 @@ REASON = "__reason"
 RECORD = "__record"
 WANTED = "__wanted"
 FILTERED_OUT = "filtered_out"
+# Marker rows of a reader that drops rows of unused items itself: how many it dropped.
+UNUSED = "__unused"
 REPLACEMENT_CHAR = "\ufffd"
 
 # Ids a row is useless without: the joins of the later stages. Everything else may be null
@@ -99,14 +101,21 @@ def _delimiter_hint(available: Sequence[str]) -> str:
     return ""
 
 
-def _read_csv(spark: SparkSession, loc: Located, table: RawTable) -> DataFrame:
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
-
+def csv_columns(spark: SparkSession, loc: Located, table: RawTable) -> tuple[list[str], dict[str, str]]:
+    """(the first part's header, {declared column: its name in the header}); raises
+    :class:`HeaderError` naming the file when a declared column is missing or a name repeats."""
     header_file, names = _csv_header(HadoopFs(spark), loc.files)
     mapping = _match_columns(table, names, header_file)
     if len(set(names)) != len(names):
         raise HeaderError(f"{header_file}: repeated column names in header {names}")
+    return names, mapping
+
+
+def _read_csv(spark: SparkSession, loc: Located, table: RawTable) -> DataFrame:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    names, mapping = csv_columns(spark, loc, table)
     schema = StructType([StructField(n, StringType()) for n in names] + [StructField(CORRUPT, StringType())])
     df = (
         spark.read.schema(schema)
@@ -211,6 +220,9 @@ def keep_wanted(raw: DataFrame, itemids: Sequence[int]) -> tuple[DataFrame, Obse
     """The rows of ``raw`` worth typing (:func:`item_wanted`), and an Observation that counts the
     others (``filtered_out``) as the rows go by: they are neither typed nor written anywhere.
 
+    ``raw`` may come with ``__unused`` marker rows (a reader that dropped rows of unused items
+    while parsing, :mod:`~spark_jobs.ingest.arrow_csv`): their counts join ``filtered_out``.
+
     Read the observation only after an action on the returned frame succeeded (it waits for
     one). Write the frame without a shuffle in between, so that the count is taken in the stage
     that writes (a result stage, whose tasks report once each, retries included): exact. The
@@ -220,9 +232,14 @@ def keep_wanted(raw: DataFrame, itemids: Sequence[int]) -> tuple[DataFrame, Obse
     from pyspark.sql import functions as F
 
     counted = Observation()
-    marked = raw.withColumn(WANTED, item_wanted(raw, itemids))
-    observed = marked.observe(counted, F.count_if(~F.col(WANTED)).alias(FILTERED_OUT))
-    return observed.where(F.col(WANTED)).drop(WANTED), counted
+    # Marker rows (the Arrow reader's, see arrow_csv) carry counts of rows dropped while parsing.
+    marker = F.col(UNUSED).isNotNull() if UNUSED in raw.columns else F.lit(False)
+    marked = raw.withColumn(WANTED, ~marker & item_wanted(raw, itemids))
+    dropped = F.count_if(~F.col(WANTED) & ~marker)
+    if UNUSED in raw.columns:
+        dropped = dropped + F.coalesce(F.sum(F.col(UNUSED)), F.lit(0))
+    observed = marked.observe(counted, dropped.alias(FILTERED_OUT))
+    return observed.where(F.col(WANTED)).drop(WANTED, UNUSED), counted
 
 
 def _is_id(column: str) -> bool:

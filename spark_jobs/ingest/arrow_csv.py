@@ -1,0 +1,345 @@
+"""Raw events csv(.gz) parsed by Apache Arrow inside Spark tasks, unused items dropped there.
+
+Spark's own csv source parses a gzip stream at a few hundred thousand rows per second on one
+core; Arrow's streaming reader parses the same stream several times faster. On MIMIC most
+chartevents rows are items the benchmark never uses, so the parsing task also drops them (and
+only counts them) before a row crosses into the JVM: Spark then types and checks the few that
+are left exactly as it does for its own reader (:func:`~spark_jobs.ingest.staging.stage_rows`).
+
+One Spark task per file (a gzip stream cannot be split anyway). The frame has the shape of the
+Spark reader's: the declared columns as strings, ``_corrupt_record`` and ``_source``, plus
+``__unused``: marker rows (every other column null) that carry the number of rows of unused
+items a batch dropped, summed by :func:`~spark_jobs.ingest.staging.keep_wanted`'s observation.
+
+Same outcome as the line-based Spark reader, row for row:
+- a line with too few or too many fields is a ``_corrupt_record`` (its text), other columns null;
+- a quoted field holding a line break becomes, as in Spark (which reads line by line), one
+  malformed record per physical line;
+- invalid UTF-8 becomes U+FFFD, as Spark decodes it, so the ``bad_encoding`` check sees it;
+- every part's header must equal the first part's (names, order; case-insensitive, as Spark
+  checks it), else the error names the part.
+Rows whose item id is not a plain decimal number are passed on whatever their item, so that
+Spark's typing decides (``' 220045'`` is item 220045; ``'x'`` is a ``bad_long`` reject).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from spark_jobs.ingest.errors import ARROW_CANNOT_READ, PYTHON_INPUT_ERROR
+from spark_jobs.ingest.staging import CORRUPT, SOURCE, UNUSED
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+_BLOCK_BYTES = 8 << 20
+# The handler takes every malformed line, so Arrow reporting one means the handler failed.
+_ROW_HANDLER_FAILED = "columns, got"
+_MAX_ID_DIGITS = 18  # fits int64: longer digit strings are left to Spark's typing
+
+
+def is_local(path: str) -> bool:
+    """Only local files are parsed by Arrow in the task; other schemes keep the Spark reader."""
+    return urlparse(path).scheme in ("", "file")
+
+
+def spark_file_name(path: str) -> str:
+    """``path`` as Spark's ``input_file_name()`` writes it (``file:///a/b``), for ``_source``."""
+    parsed = urlparse(path)
+    if parsed.scheme in ("", "file"):
+        return "file://" + (parsed.path if parsed.path.startswith("/") else "/" + parsed.path)
+    return path
+
+
+def _local_path(path: str) -> str:
+    parsed = urlparse(path)
+    return unquote(parsed.path) if parsed.scheme == "file" else path
+
+
+class _Problem(Exception):
+    """An input problem found in the task: the message names the file."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{PYTHON_INPUT_ERROR}{path}: {what}")
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    """Binary -> UTF-8 string; invalid bytes become U+FFFD (what Spark's decoder does)."""
+    import pyarrow as pa
+
+    try:
+        return column.cast(pa.string())
+    except pa.ArrowInvalid:
+        values = [None if v is None else v.decode("utf-8", errors="replace") for v in column.to_pylist()]
+        return pa.array(values, pa.string())
+
+
+def _has_line_break(columns: Sequence[pa.Array]) -> pa.Array | None:
+    """Mask of the rows holding a line break in a (quoted) value, or None when no row does."""
+    import pyarrow.compute as pc
+
+    mask = None
+    for column in columns:
+        hit = pc.fill_null(pc.or_(pc.match_substring(column, "\n"), pc.match_substring(column, "\r")), False)
+        mask = hit if mask is None else pc.or_(mask, hit)
+    if mask is None:
+        return None
+    return mask if pc.any(mask).as_py() else None
+
+
+def _physical_lines(values: Sequence[bytes | None]) -> list[str]:
+    """The lines Spark's line-based reader sees for a record whose values hold line breaks."""
+    buf = io.StringIO()
+    text = ["" if v is None else v.decode("utf-8", errors="replace") for v in values]
+    # The terminator's characters are what makes the writer quote a value holding them.
+    csv.writer(buf, lineterminator="\r\n").writerow(text)
+    return [
+        line for line in buf.getvalue()[:-2].replace("\r\n", "\n").replace("\r", "\n").split("\n") if line
+    ]
+
+
+def _wanted(items: pa.Array, itemids: pa.Array) -> pa.Array:
+    """True for rows to pass on: a wanted item, or an item id that is not a plain number."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    plain = pc.fill_null(
+        pc.and_(pc.ascii_is_decimal(items), pc.less_equal(pc.utf8_length(items), _MAX_ID_DIGITS)), False
+    )
+    numbers = pc.cast(pc.if_else(plain, items, pa.scalar("0")), pa.int64())
+    return pc.or_(pc.invert(plain), pc.is_in(numbers, value_set=itemids))
+
+
+class _FileParser:
+    """Turns one raw file into output batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str,
+        header: Sequence[str],
+        names: Sequence[str],
+        positions: Sequence[int],
+        item_column: int | None,
+        itemids: pa.Array | None,
+    ) -> None:
+        self.path, self.header, self.names, self.positions = path, list(header), list(names), list(positions)
+        self.item_column, self.itemids = item_column, itemids
+        self.source = spark_file_name(path)
+        self.bad_lines: list[str] = []
+
+    def _on_invalid_row(self, row) -> str:
+        self.bad_lines.append(row.text)
+        return "skip"
+
+    def _open(self):
+        import pyarrow as pa
+
+        try:
+            return pa.input_stream(_local_path(self.path), compression="detect")
+        except OSError as err:
+            raise _Problem(self.path, str(err)) from None
+
+    def _file_header(self) -> list[str] | None:
+        """The file's header line (None: an empty file), read on its own: the parser is then
+        given positional names, so that a part with other names is an error, not a guess."""
+        stream, head = self._open(), b""
+        try:
+            while b"\n" not in head:
+                chunk = stream.read(1 << 16)
+                if not chunk:
+                    break
+                head += chunk
+        except OSError as err:
+            raise _Problem(self.path, str(err)) from None
+        finally:
+            stream.close()
+        line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+        if not line.strip():
+            return None
+        names = next(csv.reader([line]))
+        return [n.lstrip("\ufeff") if i == 0 else n for i, n in enumerate(names)]
+
+    def _reader(self):
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
+        positional = [f"c{i}" for i in range(len(self.header))]
+        try:
+            return pcsv.open_csv(
+                self._open(),
+                read_options=pcsv.ReadOptions(
+                    block_size=_BLOCK_BYTES, use_threads=False, column_names=positional, skip_rows=1
+                ),
+                parse_options=pcsv.ParseOptions(
+                    double_quote=True, newlines_in_values=True, invalid_row_handler=self._on_invalid_row
+                ),
+                convert_options=pcsv.ConvertOptions(
+                    # Every column as raw bytes: typing happens in Spark, and a failed decode
+                    # must not fail the file (see _as_text).
+                    column_types={name: pa.binary() for name in positional},
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                    null_values=[""],
+                ),
+            )
+        except pa.ArrowInvalid as err:
+            if "Empty CSV file" in str(err):
+                return None
+            raise self._problem(err) from None
+        except OSError as err:
+            raise self._problem(err) from None
+
+    def _problem(self, err: Exception) -> _Problem:
+        if _ROW_HANDLER_FAILED in str(err):
+            # Arrow hands a malformed line to the handler as text: one that is not UTF-8 fails
+            # before it gets there. Rare; the driver reads the table again with Spark's reader,
+            # which quarantines such a line.
+            return _Problem(self.path, f"{ARROW_CANNOT_READ}{err}")
+        return _Problem(self.path, str(err))
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
+        names = self._file_header()
+        if names is None:
+            return
+        self._check_header(names)
+        reader = self._reader()
+        if reader is None:
+            return
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError) as err:
+                raise self._problem(err) from None
+            yield from self._convert(batch)
+            yield from self._flush_bad_lines()
+        yield from self._flush_bad_lines()
+
+    def _check_header(self, found: Sequence[str]) -> None:
+        if [n.lower() for n in found] != [n.lower() for n in self.header]:
+            raise _Problem(
+                self.path,
+                f"CSV header does not conform to the schema: expected {self.header}, found {list(found)}",
+            )
+
+    def _convert(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+
+        broken = _has_line_break(batch.columns)
+        if broken is not None:
+            self._split_records(batch.columns, broken)
+            batch = batch.filter(pc.invert(broken))
+        columns = [_as_text(batch.column(i)) for i in self.positions]
+        unused = 0
+        if self.itemids is not None and self.item_column is not None and len(columns[0]):
+            wanted = _wanted(columns[self.item_column], self.itemids)
+            before = len(columns[0])
+            columns = [pc.filter(c, wanted) for c in columns]
+            unused = before - len(columns[0])
+        if len(columns[0]):
+            yield self._out(columns, corrupt=None)
+        if unused:
+            yield self._marker(unused)
+
+    def _split_records(self, columns: Sequence[pa.Array], broken: pa.Array) -> None:
+        import pyarrow.compute as pc
+
+        rows = zip(*[pc.filter(c, broken).to_pylist() for c in columns], strict=True)
+        self.bad_lines.extend(line for row in rows for line in _physical_lines(row))
+
+    def _flush_bad_lines(self) -> Iterator[pa.RecordBatch]:
+        if self.bad_lines:
+            lines, self.bad_lines = self.bad_lines, []
+            yield self._corrupt(lines)
+
+    def _out(self, columns: Sequence[pa.Array], corrupt: pa.Array | None) -> pa.RecordBatch:
+        import pyarrow as pa
+
+        n = len(columns[0])
+        return pa.RecordBatch.from_arrays(
+            [
+                *columns,
+                corrupt if corrupt is not None else pa.nulls(n, pa.string()),
+                pa.array([self.source] * n, pa.string()),
+                pa.nulls(n, pa.int64()),
+            ],
+            names=output_names(self.names),
+        )
+
+    def _corrupt(self, lines: Sequence[str]) -> pa.RecordBatch:
+        import pyarrow as pa
+
+        n = len(lines)
+        empty = [pa.nulls(n, pa.string()) for _ in self.positions]
+        return self._out(empty, corrupt=pa.array(list(lines), pa.string()))
+
+    def _marker(self, unused: int) -> pa.RecordBatch:
+        import pyarrow as pa
+
+        empty = [pa.nulls(1, pa.string()) for _ in (*self.positions, CORRUPT, SOURCE)]
+        return pa.RecordBatch.from_arrays(
+            [*empty, pa.array([unused], pa.int64())], names=output_names(self.names)
+        )
+
+
+def output_names(header: Sequence[str]) -> list[str]:
+    return [*header, CORRUPT, SOURCE, UNUSED]
+
+
+def _parse_partition(
+    batches: Iterator[pa.RecordBatch],
+    files: Sequence[str],
+    header: Sequence[str],
+    names: Sequence[str],
+    positions: Sequence[int],
+    item_column: int | None,
+    itemids: Sequence[int] | None,
+) -> Iterator[pa.RecordBatch]:
+    """The task: parse the files whose indices arrive in ``batches`` (a ``spark.range``)."""
+    import pyarrow as pa
+
+    wanted = pa.array(sorted(itemids), pa.int64()) if itemids is not None else None
+    for batch in batches:
+        for index in batch.column(0).to_pylist():
+            path = files[index]
+            yield from _FileParser(path, header, names, positions, item_column, wanted).batches()
+
+
+def read_csv(
+    spark: SparkSession,
+    files: Sequence[str],
+    header: Sequence[str],
+    columns: Mapping[str, str],
+    item_column: str | None,
+    itemids: Sequence[int] | None,
+) -> DataFrame:
+    """The files (local, csv or compressed csv, each with ``header``) as the Spark reader's frame
+    plus ``__unused`` markers: ``columns`` is {declared name: name in the header}, in declared
+    order; rows of items outside ``itemids`` (of column ``item_column``) are only counted."""
+    declared = list(columns)
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+    schema = StructType(
+        [StructField(n, StringType()) for n in (*declared, CORRUPT, SOURCE)]
+        + [StructField(UNUSED, LongType())]
+    )
+    task = partial(
+        _parse_partition,
+        files=list(files),
+        header=list(header),
+        names=declared,
+        positions=[list(header).index(columns[c]) for c in declared],
+        item_column=None if item_column is None else declared.index(item_column),
+        itemids=None if itemids is None else [int(i) for i in itemids],
+    )
+    # One partition per file: a partition's single id says which file its task parses.
+    return spark.range(0, len(files), 1, len(files)).mapInArrow(task, schema)

@@ -1,0 +1,183 @@
+"""The Arrow reader of raw events (``ingest.reader=arrow``) against Spark's csv source: the same
+bronze rows, the same rejects with the same reasons, the same counts, on ordinary and on broken
+input; and the same clear errors naming the file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from spark_jobs import ingest
+from spark_jobs.ingest import CorruptInputError, HeaderError, IngestConfig
+from tests.test_ingest import V2, csv_text
+
+COLUMNS = V2["chartevents"].column_names
+WANTED = [220045, 220210]
+EV = dict(
+    subject_id="1",
+    hadm_id="10",
+    stay_id="100",
+    charttime="2180-01-01 10:00:00",
+    storetime="2180-01-01 10:05:00",
+    itemid="220045",
+    value="80",
+    valuenum="80",
+    valueuom="bpm",
+)
+
+
+def _rows(n: int = 40) -> list[dict]:
+    """Ordinary rows: wanted and unused items, a few bad values."""
+    rows = []
+    for i in range(n):
+        item = ("220045", "220210", "999", "223761")[i % 4]
+        rows.append(EV | dict(stay_id=str(100 + i % 3), itemid=item, valuenum=str(60 + i)))
+    bad = {
+        6: dict(charttime="not a time"),  # unused item (999): never typed, filtered out
+        4: dict(charttime="2180-13-01 10:00:00"),  # wanted: bad_timestamp
+        8: dict(valuenum="8o"),  # wanted: bad_double
+    }
+    return [row | bad.get(i, {}) for i, row in enumerate(rows)]
+
+
+BROKEN_LINES = (
+    "1,2,3",  # too few fields
+    "1,10,100,,2180-01-01 10:00:00,2180-01-01 10:00:00,220045,1,1,x,extra,more",  # too many
+    '1,10,100,,2180-01-01 10:00:00,,220045,"a ""quoted"" value",5,mmHg,',  # escaped quotes: kept
+    "1,10,100,,2180-01-01 10:00:00,,x1,7,7,,",  # item unreadable: bad_long
+    "1,10,100,,2180-01-01 10:00:00,,,7,7,,",  # no item: null_id
+    "1,10,100,,2180-01-01 10:00:00,, 220045 ,7,7,,",  # item with blanks: typed by Spark, kept
+    "1,10,100,,2180-01-01 10:00:00,,220045.0,7,7,,",  # '.0' item: kept as 220045
+    "1,10,100,,2180-01-01 10:00:00,,0999,7,7,,",  # leading zero, unused item: filtered out
+    "1,10,100,,2180-01-01 10:00:00,,99999999999999999999,7,7,,",  # too big for a long: bad_long
+    "1,10,-100,,2180-01-01 10:00:00,,220045,7,7,,",  # negative_id
+    "",  # blank line: skipped by both
+)
+
+
+def _text(rows: list[dict], extra: tuple[str, ...] = (), header: list[str] | None = None) -> str:
+    return csv_text(header or COLUMNS, rows, extra_lines=extra)
+
+
+def _ingest(spark, tmp_path: Path, reader: str, parts: dict[str, bytes]) -> tuple[dict, list, list]:
+    """(counts, bronze rows, quarantine (reason, record) rows) of chartevents read by ``reader``."""
+    raw = tmp_path / "raw"
+    for name, data in parts.items():
+        path = raw / "icu" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    out = tmp_path / f"out-{reader}"
+    cfg = IngestConfig(
+        raw=str(raw), cxr="", layout="v2", tables=["chartevents"], itemids=WANTED, reader=reader
+    )
+    counts = ingest.run(spark, cfg, str(out))["chartevents"]
+    bronze = spark.read.format("delta").load(str(out / "bronze/chartevents"))
+    kept = sorted(repr(tuple(r)) for r in bronze.drop("_source").collect())
+    sources = {r["_source"] for r in bronze.select("_source").distinct().collect()}
+    quarantine = spark.read.format("delta").load(str(out / "bronze/quarantine")).collect()
+    rejects = sorted((r["reason"], _comparable(r["reason"], json.loads(r["record"]))) for r in quarantine)
+    return counts, kept, [rejects, sources]
+
+
+def _comparable(reason: str, record: dict) -> str:
+    """A reject's record as both readers give it: for a malformed line, its text (Spark also
+    keeps the fields it managed to split; the Arrow reader does not split a broken line)."""
+    if reason == "malformed_line":
+        return record["_corrupt_record"]
+    return json.dumps(record, sort_keys=True)
+
+
+def _upper_header(text: str) -> str:
+    header, rest = text.split("\n", 1)
+    return header.upper() + "\n" + rest
+
+
+CASES = {
+    "ordinary_gz": {"chartevents.csv.gz": gzip.compress(_text(_rows()).encode())},
+    "broken_lines": {"chartevents.csv.gz": gzip.compress(_text(_rows(), BROKEN_LINES).encode())},
+    "quoted_newline": {
+        "chartevents.csv": _text(
+            _rows(12) + [EV | dict(value="line one\nline two"), EV | dict(value="a\r\nb")]
+        ).encode()
+    },
+    "latin1_and_crlf": {
+        "chartevents.csv": _text(_rows(12)).replace("\n", "\r\n").encode()
+        + "1,10,100,,2180-01-01 10:00:00,,220045,\xe9t\xe9,5,\xb0C,\r\n".encode("latin-1")
+        + "1,10,100,,2180-01-01 10:00:00,,999,\xe9t\xe9,5,\xb0C,\r\n".encode("latin-1")
+    },
+    # Arrow cannot hand a malformed line that is not UTF-8 to its handler: the table is read
+    # again by Spark's reader (a warning says so), with the same outcome.
+    "latin1_malformed_line": {
+        "chartevents.csv": _text(_rows(12)).encode() + "1,10,\xe9t\xe9\n".encode("latin-1")
+    },
+    "bom_reordered_extra_column_upper_case": {
+        "chartevents.csv.gz": gzip.compress(
+            ("\ufeff" + _upper_header(_text(_rows(), header=["extra", *COLUMNS[::-1]]))).encode()
+        )
+    },
+    "parts_with_header_only_and_empty": {
+        "chartevents/part-0.csv.gz": gzip.compress(_text(_rows(12)).encode()),
+        "chartevents/part-1.csv.gz": gzip.compress(_text([]).encode()),
+        "chartevents/part-2.csv": _text(_rows(20), BROKEN_LINES[:2]).encode(),
+        "chartevents/part-3.csv.gz": gzip.compress(b""),
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_arrow_reader_gives_what_the_spark_reader_gives(spark, tmp_path, case):
+    arrow = _ingest(spark, tmp_path, "arrow", CASES[case])
+    reference = _ingest(spark, tmp_path, "spark", CASES[case])
+    assert arrow == reference
+    counts = arrow[0]
+    assert counts["rows_in"] == counts["kept"] + counts["rejected"] + counts["filtered_out"]
+    assert counts["kept"] > 0 and counts["filtered_out"] > 0
+
+
+def test_many_batches_count_every_unused_row(spark, tmp_path, monkeypatch):
+    """Counts of dropped rows are summed over the parser's batches (small blocks: many)."""
+    from spark_jobs.ingest import arrow_csv
+
+    monkeypatch.setattr(arrow_csv, "_BLOCK_BYTES", 1 << 10)
+    rows = [EV | dict(itemid=("999" if i % 5 else "220045"), valuenum=str(i)) for i in range(3000)]
+    counts, kept, _ = _ingest(
+        spark, tmp_path, "arrow", {"chartevents.csv.gz": gzip.compress(_text(rows).encode())}
+    )
+    assert counts == dict(rows_in=3000, kept=600, rejected=0, filtered_out=2400)
+    assert len(kept) == 600
+
+
+def test_truncated_gzip_names_the_file(spark, tmp_path):
+    blob = gzip.compress(_text(_rows(2000)).encode())
+    parts = {"chartevents/part-0.csv.gz": gzip.compress(_text(_rows(5)).encode())}
+    parts["chartevents/part-1.csv.gz"] = blob[: len(blob) // 2]
+    with pytest.raises(CorruptInputError) as err:
+        _ingest(spark, tmp_path, "arrow", parts)
+    msg = str(err.value)
+    assert "part-1.csv.gz" in msg and "part-0" not in msg and len(msg.splitlines()) < 6
+    assert not (tmp_path / "out-arrow/bronze/chartevents").exists()
+
+
+def test_part_with_another_header_names_the_part(spark, tmp_path):
+    parts = {
+        "chartevents/part-0.csv": _text(_rows(5)).encode(),
+        "chartevents/part-1.csv": _text(_rows(5), header=[*COLUMNS[1:], COLUMNS[0]]).encode(),
+    }
+    with pytest.raises(HeaderError) as err:
+        _ingest(spark, tmp_path, "arrow", parts)
+    msg = str(err.value)
+    assert "part-1.csv" in msg and "does not conform" in msg and len(msg.splitlines()) < 6
+
+
+def test_arrow_reader_refuses_remote_files():
+    loc = ingest.Located(
+        "s3a://bucket/icu/chartevents.csv.gz", "csv", ("s3a://bucket/icu/chartevents.csv.gz",)
+    )
+    from spark_jobs.ingest.job import _arrow_reads
+
+    assert _arrow_reads("auto", loc) is False
+    with pytest.raises(ValueError, match="local files only"):
+        _arrow_reads("arrow", loc)
