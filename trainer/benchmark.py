@@ -754,10 +754,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     log.info(
-        "benchmark %s: %d task(s) x %d model(s), %d search trial(s), %d seed(s) -> %s",
+        "benchmark %s: %d task(s) x %d model(s), SSL methods %s, %d search trial(s), %d seed(s) -> %s",
         cfg.preset,
         len(protocol.tasks),
         len(protocol.models),
+        protocol.ssl.methods if protocol.ssl else "none",
         len(protocol.pending),
         preset.seeds,
         cfg.out,
