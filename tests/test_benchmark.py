@@ -1,8 +1,10 @@
-"""The benchmark protocol (trainer.benchmark) and its reports (trainer.report): the trial graph,
-the selection, resumability and the tables, with real trainer runs on tiny shards."""
+"""The benchmark protocol (trainer.benchmark) and its reports (trainer.report): the trial graph
+(supervised and SSL rows), the selection, resumability and the tables, with real trainer runs
+on tiny shards."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -335,3 +337,270 @@ def test_training_curves_read_what_the_run_logged(tmp_path):
     )
     paths = figures.write_training_curves(runs, tmp_path / "fig")
     assert [p.name for p in paths] == ["ihm_curves.png"]  # pheno's run logged nothing
+
+
+# ---------------------------------------------------------------- SSL rows (Tables 4-6)
+
+
+def ssl_preset(**ssl) -> bm.Preset:
+    base = {
+        "methods": ["convirt", "vicreg"],
+        "pretrain_trials": 2,
+        "probe_trials": 2,
+        "finetune_trials": 1,
+        "features": ["both", "ehr"],
+    }
+    return preset(models=["uni_ehr"], ssl=base | ssl)
+
+
+def ssl_outcome(trial: bm.Trial, value: float, status: str = "done") -> bm.Outcome:
+    """A pretraining run with val loss ``value``, or a probe / fine-tune with val metric ``value``."""
+    if trial.mode == bm.PRETRAIN:
+        return bm.Outcome(
+            trial, status, f"/runs/{trial.key}", 1.0, {"val": {"metrics": {"loss": {"value": value}}}}
+        )
+    return outcome(trial, value, status)
+
+
+def test_ssl_probes_wait_for_the_epoch_selection_of_the_kept_pretraining_run(tmp_path):
+    cfg = bm.BenchmarkConfig(shards="/shards", out=str(tmp_path), tasks=["ihm"])
+    p = bm.Protocol(cfg, ssl_preset(), [])
+    modes = [t.mode for t in p.pending]
+    assert modes[:4] == [bm.PRETRAIN] * 4  # pretraining starts first
+    # per method: 2 pretraining trials; on ihm, 2 probe + 1 fine-tune trials per feature set
+    assert modes.count(bm.PROBE) == 2 * 2 * 2 and modes.count(bm.FINETUNE) == 2 * 1 * 2
+    probes = [t for t in p.pending if (t.model, t.mode, t.features) == ("convirt", bm.PROBE, "ehr")]
+    assert p.inputs(probes[0]) is None and p.blocked_by(probes[0]) is None
+    convirt = [t for t in p.pending if t.mode == bm.PRETRAIN and t.model == "convirt"]
+    assert all(1e-2 <= t.lr <= 1e-1 for t in convirt)  # the SSL pretraining range
+    p.record(ssl_outcome(convirt[0], 2.0))
+    assert not any(t.mode == bm.SELECT for t in p.pending)  # the search is not complete yet
+    p.record(ssl_outcome(convirt[1], 1.5))  # the lower val loss is kept
+    kept = p.selected[("pheno", "convirt", bm.PRETRAIN, "")]
+    assert kept == convirt[1]
+    selection = next(t for t in p.pending if t.mode == bm.SELECT)
+    assert selection.model == "convirt" and p.inputs(selection) == {"encoder": kept}
+    run = tmp_path / "runs" / "pheno" / "convirt" / "search1" / "0"
+    assert p.run_dir(kept) == p.run_dir(selection) == run
+    words = p.words(selection, p.inputs(selection))
+    assert words[:3] == [f"encoder={run}", "task=pheno", f"train.runs_dir={run / 'selection'}"]
+    assert bm.trial_program(selection)[1:] == ["-m", "trainer.selection"]
+    assert p.inputs(probes[0]) is None  # a kept run, but its epochs are not selected yet
+    p.record(bm.Outcome(selection, "done", str(run), 1.0, {}))
+    assert p.inputs(probes[0]) == {"encoder": kept}
+    words = p.words(probes[1], p.inputs(probes[1]))
+    for word in [
+        "mode=probe",
+        "task=ihm",
+        f"encoder={run}",
+        "features=ehr",
+        "train.run_name=convirt-ehr-search1",
+    ]:
+        assert word in words
+    assert p.run_dir(probes[1]) == tmp_path / "runs" / "ihm" / "ssl_probe" / "convirt-ehr-search1" / "0"
+    assert probes[1].key == "ihm/convirt-probe-ehr/search1/0"
+    # vicreg's probes still wait for vicreg's own pretraining
+    vicreg = next(t for t in p.pending if (t.model, t.mode) == ("vicreg", bm.PROBE))
+    assert p.inputs(vicreg) is None
+    # the probe search selects by the task's val metric and reruns the seeds at its rate
+    for t, v in zip(probes, (0.7, 0.6)):
+        p.record(ssl_outcome(t, v))
+    seeds = [t for t in p.pending if t.stage == bm.SEEDS]
+    assert sorted(t.seed for t in seeds) == [1, 2]
+    assert {(t.model, t.mode, t.features, t.lr) for t in seeds} == {
+        ("convirt", bm.PROBE, "ehr", probes[0].lr)
+    }
+    final = p.words(seeds[0], p.inputs(seeds[0]))
+    assert "train.run_name=convirt-ehr-final" in final and f"train.seed={seeds[0].seed}" in final
+    tune = next(t for t in p.pending if (t.model, t.mode, t.features) == ("convirt", bm.FINETUNE, "both"))
+    assert p.run_dir(tune) == tmp_path / "runs" / "ihm" / "ssl_finetune" / "convirt-both-search0" / "0"
+
+
+def test_a_failed_pretraining_run_blocks_only_what_starts_from_it(tmp_path, monkeypatch):
+    """The whole graph through execute() with a fake trainer: convirt's second pretraining
+    run fails, so its epoch selection and every convirt probe / fine-tune are blocked; vicreg
+    and the supervised rows run to the end, each probe after its method's selection."""
+    started: list[bm.Trial] = []
+
+    def fake_run(trial, words, run_dir, logs, env):
+        started.append(trial)
+        if trial.mode == bm.PRETRAIN and trial.model == "convirt" and trial.index == 1:
+            return bm.Outcome(trial, "failed", str(run_dir), error="exit 3: NonFiniteLoss")
+        if trial.mode == bm.PRETRAIN:
+            return ssl_outcome(trial, 1.0 + trial.index)
+        return outcome(trial, 0.5 + 0.01 * trial.index)
+
+    monkeypatch.setattr(bm, "run_trial", fake_run)
+    cfg = bm.BenchmarkConfig(shards="/shards", out=str(tmp_path), tasks=["ihm"], parallel=2)
+    p = bm.Protocol(cfg, ssl_preset(), [])
+    # the failure, its selection and convirt's evaluation searches (2 probe + 1 fine-tune trials, 2 feature sets)
+    assert bm.execute(p) == 1 + 1 + (2 + 1) * 2
+    status = {t: o.status for t, o in p.outcomes.items()}
+    assert {s for t, s in status.items() if t.model == "convirt" and t.mode in (bm.PROBE, bm.FINETUNE)} == {
+        "blocked"
+    }
+    assert status[bm.select_trial(p.ssl, "convirt")] == "blocked"
+    assert {s for t, s in status.items() if t.model != "convirt"} == {"done"}
+    assert not any(t.model == "convirt" and t.mode in (bm.SELECT, bm.PROBE, bm.FINETUNE) for t in started)
+    selection_at = started.index(bm.select_trial(p.ssl, "vicreg"))
+    vicreg_evals = [
+        i for i, t in enumerate(started) if t.model == "vicreg" and t.mode in (bm.PROBE, bm.FINETUNE)
+    ]
+    assert len(vicreg_evals) == (2 + 1) * 2 + 2 * 2 * 2 and min(vicreg_evals) > selection_at  # search + seeds
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    assert {"mode", "features"} <= set(trials.columns)
+    vicreg = trials[(trials.model == "vicreg") & trials.selected]
+    assert len(vicreg[vicreg["mode"] == "pretrain"]) == 1  # the kept pretraining run
+    probes = vicreg[(vicreg["mode"] == "probe") & (vicreg.features == "ehr")]
+    assert sorted(probes.seed) == [0, 1, 2]
+    assert sorted(trials[trials["mode"] == "supervised"].status) == ["done"] * 4  # 2 trials + 2 seeds
+
+
+def test_ssl_rows_switch_off_and_a_bad_ssl_section_is_refused(tmp_path):
+    cfg = bm.BenchmarkConfig(shards="/shards", tasks=["ihm"])
+    for p in (
+        bm.Protocol(cfg, preset(models=["uni_ehr"]), []),  # no ssl section
+        bm.Protocol(cfg, ssl_preset(methods=[]), []),
+        bm.Protocol(bm.BenchmarkConfig(shards="/shards", tasks=["ihm"], ssl=False), ssl_preset(), []),
+    ):
+        assert p.ssl is None and {t.mode for t in p.pending} == {bm.SUPERVISED}
+    assert bm.load_preset("quick").ssl.methods == ["convirt"]
+    for ssl, message in [
+        ({"methods": ["uni_ehr"]}, "not pretraining models"),
+        ({"features": ["both", "text"]}, "ssl.features"),
+        ({"pretrain_task": "sepsis"}, "unknown task 'sepsis'"),
+    ]:
+        with pytest.raises(typed.ConfigError, match=message):
+            bm.Protocol(cfg, ssl_preset(**ssl), [])
+
+
+def ssl_trials_frame() -> pd.DataFrame:
+    """trials_frame's supervised rows and SSL rows of ConVIRT and VICReg with known test values."""
+    sup = trials_frame().assign(mode="supervised", features="")
+    rows = [
+        {"task": "pheno", "model": "convirt", "mode": "pretrain", "features": "", "stage": "search", "seed": 0,
+         "lr": 0.05, "status": "done", "selected": True, "run_dir": "/r/pre", "val_loss": 1.25},
+        {"task": "pheno", "model": "convirt", "mode": "select", "features": "", "stage": "select", "seed": 0,
+         "status": "done", "selected": False, "run_dir": "/r/pre", "val_auroc_macro": 0.6},
+    ]  # fmt: skip
+    values = {
+        ("convirt", "probe", "both"): [0.84, 0.86],
+        ("convirt", "finetune", "both"): [0.80],
+        ("vicreg", "probe", "both"): [0.81, 0.83],
+        ("convirt", "probe", "ehr"): [0.78, 0.80],
+        ("convirt", "probe", "cxr"): [0.68, 0.70],
+    }
+    for (method, mode, features), aurocs in values.items():
+        for seed, auroc in enumerate(aurocs):
+            rows.append(
+                {"task": "ihm", "model": method, "mode": mode, "features": features,
+                 "stage": "search" if seed == 0 else "seed", "seed": seed, "lr": 1e-3, "status": "done",
+                 "selected": True, "run_dir": f"/r/{method}-{mode}-{features}/{seed}", "val_auroc": 0.7,
+                 "test_auroc": auroc, "test_auprc": auroc / 2}
+            )  # fmt: skip
+    rows.append(dict(rows[2], selected=False, test_auroc=0.1, run_dir="/r/loser"))  # an unselected trial
+    rows.append(
+        {"task": "los", "model": "convirt", "mode": "probe", "features": "both", "stage": "search", "seed": 0,
+         "lr": 1e-3, "status": "done", "selected": True, "run_dir": "/r/los", "test_kappa": 0.37,
+         "test_mad_hours": 140.0}
+    )  # fmt: skip
+    return pd.concat([sup, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_ssl_tables_4_5_6_put_probe_and_finetune_under_the_best_supervised_model(tmp_path):
+    tables = report.build_tables(ssl_trials_frame(), timing=False)
+    t3 = tables["table3"][1]
+    assert list(t3.index) == ["uni_ehr", "uni_cxr", "medfuse"]  # no SSL row in the supervised table
+    assert list(t3.columns) == ["ihm AUROC", "ihm AUPRC", "los Kappa", "los MAD (h)"]  # pheno only pretrained
+    t4 = tables["table4_ssl_multimodal"][1]
+    assert list(t4.index) == [
+        "supervised (best)",
+        "supervised model",
+        "linear probe convirt",
+        "linear probe vicreg",
+        "fine-tune convirt",
+    ]
+    assert t4.loc["supervised (best)", "ihm AUROC"] == "0.800 ± 0.071 (2)"  # medfuse, the only multimodal
+    assert t4.loc["supervised model", "ihm AUROC"] == "medfuse"
+    assert t4.loc["linear probe convirt", "ihm AUROC"] == "0.850 ± 0.014 (2)"  # the 0.1 loser left out
+    assert t4.loc["linear probe convirt", "ihm AUPRC"] == "0.425 ± 0.007 (2)"
+    assert t4.loc["linear probe vicreg", "ihm AUROC"] == "0.820 ± 0.014 (2)"
+    assert t4.loc["fine-tune convirt", "ihm AUROC"] == "0.800 (1)"
+    assert t4.loc["linear probe convirt", "los Kappa"] == "0.370 (1)"
+    assert t4.loc["fine-tune convirt", "los Kappa"] == "—"
+    t5 = tables["table5_ssl_ehr"][1]
+    assert t5.loc["supervised model", "ihm AUROC"] == "uni_ehr" and "los Kappa" in t5.columns
+    assert t5.loc["supervised (best)", "ihm AUROC"] == "0.700 ± 0.141 (2)"
+    assert t5.loc["linear probe convirt", "ihm AUROC"] == "0.790 ± 0.014 (2)"
+    assert "fine-tune convirt" not in t5.index
+    t6 = tables["table6_ssl_cxr"][1]
+    assert t6.loc["supervised model", "ihm AUROC"] == "uni_cxr" and "los Kappa" not in t6.columns
+    assert t6.loc["linear probe convirt", "ihm AUROC"] == "0.690 ± 0.014 (2)"
+    chosen = tables["ssl_selection"][1].set_index(["task", "model"])
+    assert chosen.loc[("pheno", "convirt pretrain"), "val selection metric"] == "loss 1.2500"
+    assert chosen.loc[("ihm", "convirt probe both"), "val selection metric"] == "auroc 0.7000"
+    (tmp_path / "res").mkdir()
+    ssl_trials_frame().to_parquet(tmp_path / "res" / "trials.parquet")
+    out = subprocess.run(
+        [sys.executable, "scripts/report.py", str(tmp_path / "res"), "--no-timing"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "res" / "tables"
+    for name in ("table4_ssl_multimodal", "table5_ssl_ehr", "table6_ssl_cxr", "ssl_selection"):
+        assert all((folder / f"{name}.{ext}").is_file() for ext in ("md", "csv", "tex")), name
+    assert "0.850 $\\pm$ 0.014 (2)" in (folder / "table4_ssl_multimodal.tex").read_text()
+    csv = pd.read_csv(folder / "table5_ssl_ehr.csv", index_col=0)
+    assert csv.loc["linear probe convirt", "ihm AUROC"] == "0.790 ± 0.014 (2)"
+    assert "SSL with CXR data" in (folder / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_ssl_rows_end_to_end_on_tiny_shards_and_a_rerun_reuses_every_run(tmp_path):
+    """ConVIRT pretraining (2 epochs), its epoch selection, a linear-probe search of one trial
+    on IHM and its seed-1 rerun: real trainer processes; Table 4 from them; a rerun trains
+    nothing again."""
+    from shards.tiny import tiny_dataset
+
+    tiny_dataset(
+        str(tmp_path / "shards"), tasks=("pheno", "ihm"), records=9, records_per_shard=3, image_size=64
+    )
+    (tmp_path / "p.yaml").write_text(
+        "trials: {ihm: 1}\nseeds: 2\nmodels: []\ntrain: [train=smoke]\n"
+        "ssl: {methods: [convirt], pretrain_trials: 1, pretrain_train: [train.epochs=2],\n"
+        "  encoder: [model.ehr_hidden=8], probe_trials: 1, finetune_trials: 0, features: [both],\n"
+        "  eval_train: [train.epochs=1], select_train: [train.epochs=1]}\n"
+    )
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "trainer.benchmark", f"shards={tmp_path / 'shards'}", f"out={out}"]
+    cmd += [f"preset={tmp_path / 'p.yaml'}", "tasks=ihm", "--"]
+    cmd += [w for w in TINY_WORDS if w not in ("train=smoke", "train.epochs=1")]
+    cmd += ["data.batch_size=3", "data.eval_batch_size=4"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert sorted(zip(trials["mode"], trials.stage, trials.seed)) == [
+        ("pretrain", "search", 0),
+        ("probe", "search", 0),
+        ("probe", "seed", 1),
+        ("select", "select", 0),
+    ]
+    assert set(trials.status) == {"done"}
+    pretrain_run = out / "runs" / "pheno" / "convirt" / "search0" / "0"
+    picked = json.loads((pretrain_run / "selection.json").read_text())
+    assert sorted(picked["scores"]) == ["epoch_0001.pt", "epoch_0002.pt"]
+    probes = trials[trials["mode"] == "probe"].sort_values("seed")
+    assert list(probes.run_dir) == [
+        str(out / "runs" / "ihm" / "ssl_probe" / "convirt-both-search0" / "0"),
+        str(out / "runs" / "ihm" / "ssl_probe" / "convirt-both-final" / "1"),
+    ]
+    config = (Path(probes.run_dir.iloc[0]) / "config.yaml").read_text()
+    assert str(pretrain_run) in config  # the probe's encoder is the selected pretraining run
+    table = pd.read_csv(out / "tables" / "table4_ssl_multimodal.csv", index_col=0)
+    assert table.loc["linear probe convirt", "ihm AUROC"].endswith("(2)")
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(pd.read_parquet(out / "trials.parquet").status) == {"reused"}

@@ -12,7 +12,14 @@ in the paper's layout, mean +/- std over the seed runs of each task x model.
   beside it), forward time per batch of 16 (median CPU seconds on this machine, one thread,
   IHM-shaped random inputs: 48 hours, 224 px) and IHM AUROC (Table 8);
 - ``selection``: each task x model's search: trials, the selected learning rate and its
-  validation metric, the run folders behind every cell.
+  validation metric, the run folders behind every cell;
+- ``table4_ssl_multimodal``, ``table5_ssl_ehr``, ``table6_ssl_cxr`` (when the benchmark ran SSL
+  rows): linear probe and fine-tune of each pretraining method on both modalities' / the EHR /
+  the CXR features (Tables 4 / 5 / 6; Table 5 without radiology, Table 6 without LOS, as in the
+  paper), under the best supervised model of that setting per task (multimodal / uni_ehr /
+  uni_cxr models, by the task's first headline metric) and its name;
+- ``ssl_selection``: each SSL search (pretraining per method, probe / fine-tune per task and
+  feature set): trials, the selected rate, its validation value, the runs behind every cell.
 A cell is ``mean ± std (n)`` over the seed runs that finished; std is the sample std (n - 1).
 """
 
@@ -56,6 +63,15 @@ def read_trials(results: Path) -> pd.DataFrame:
             f"{path} not found: run `python -m trainer.benchmark out={results} ...` first"
         )
     return pd.read_parquet(path)
+
+
+def supervised_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """The supervised trials (a table written before the SSL rows has no ``mode`` column)."""
+    return trials[trials["mode"] == "supervised"] if "mode" in trials else trials
+
+
+def ssl_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["mode"] != "supervised"] if "mode" in trials else trials.iloc[:0]
 
 
 def seed_runs(trials: pd.DataFrame) -> pd.DataFrame:
@@ -162,6 +178,94 @@ def selection_table(trials: pd.DataFrame, tasks: list[str], models: list[str]) -
     return pd.DataFrame(rows)
 
 
+SSL_TABLES = {  # name -> (features, title, the supervised models it compares with, tasks left out)
+    "table4_ssl_multimodal": ("both", "SSL with multimodal data", "multimodal", ("",)),
+    "table5_ssl_ehr": ("ehr", "SSL with EHR data", "ehr", ("radiology",)),
+    "table6_ssl_cxr": ("cxr", "SSL with CXR data", "cxr", ("los",)),
+}
+SSL_MODES = (("probe", "linear probe"), ("finetune", "fine-tune"))
+
+
+def supervised_kind(model: str) -> str:
+    if not is_unimodal(model):
+        return "multimodal"
+    from trainer.models import model_class
+    from trainer.models.unimodal import UniCXR
+
+    return "cxr" if issubclass(model_class(model), UniCXR) else "ehr"
+
+
+def ssl_table(trials: pd.DataFrame, features: str, kind: str, tasks: list[str]) -> pd.DataFrame:
+    """Rows: the best supervised model of ``kind`` per task (its cells, then its name), then
+    per mode and method the seed runs of the probe / fine-tune on ``features``; columns: (task,
+    headline metric); cells: mean ± std (n) of ``test_<metric>``."""
+    columns = [(t, m) for t in tasks for m in headline(t)]
+    names = [f"{t} {LABELS.get(m, m)}" for t, m in columns]
+    supervised = seed_runs(supervised_rows(trials))
+    best_cells, best_names = [], []
+    for task, metric in columns:
+        if metric != headline(task)[0]:
+            best_cells.append(cell(*test_summary(supervised, task, best_names[-1], metric)))
+            best_names.append(best_names[-1])
+            continue
+        candidates = [
+            m for m in supervised[supervised.task == task].model.unique() if supervised_kind(m) == kind
+        ]
+        means = {m: test_summary(supervised, task, m, metric)[0] for m in candidates}
+        means = {m: v for m, v in means.items() if not math.isnan(v)}
+        pick = min if metric in LOWER_IS_BETTER else max
+        best = pick(means, key=means.get) if means else ""
+        best_cells.append(cell(*test_summary(supervised, task, best, metric)))
+        best_names.append(best)
+    rows = {"supervised (best)": best_cells, "supervised model": [n or "—" for n in best_names]}
+    ssl = seed_runs(ssl_rows(trials))
+    ssl = ssl[ssl.features == features] if "features" in ssl else ssl
+    methods = ordered(list(ssl.model.unique()), ["convirt", "vicreg", "align"])
+    for mode, label in SSL_MODES:
+        runs = ssl[ssl["mode"] == mode] if "mode" in ssl else ssl
+        for method in methods:
+            if not runs[runs.model == method].empty:
+                rows[f"{label} {method}"] = [cell(*test_summary(runs, t, method, m)) for t, m in columns]
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=names)
+    frame.index.name = "method"
+    return frame
+
+
+def ssl_tables(trials: pd.DataFrame, tasks: list[str]) -> dict[str, tuple[str, pd.DataFrame, bool]]:
+    """Tables 4 / 5 / 6 for the feature sets the benchmark probed or fine-tuned, and the SSL
+    selection table; none when it ran no SSL rows."""
+    ssl = ssl_rows(trials)
+    if ssl.empty:
+        return {}
+    tables = {}
+    for name, (features, title, kind, left_out) in SSL_TABLES.items():
+        if features in set(ssl.features):
+            keep = [t for t in tasks if t not in left_out]
+            title = f"{title}: linear probe and fine-tune, test set (mean ± std over seeds, n runs)"
+            tables[name] = (title, ssl_table(trials, features, kind, keep), True)
+    tables["ssl_selection"] = (
+        "SSL searches (pretraining, probe, fine-tune) and the runs behind each cell",
+        ssl_selection_table(ssl, ordered(list(ssl.task.unique()), list(TASK_NAMES))),
+        False,
+    )
+    return tables
+
+
+def ssl_selection_table(ssl: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """The selection table of the SSL searches: a pretraining method is ranked by its val loss
+    (lowest kept), a probe or fine-tune by the task's val selection metric."""
+    label = ssl.model + " " + ssl["mode"] + ssl.features.map(lambda f: f" {f}" if f else "")
+    view = ssl[ssl["mode"] != "select"].assign(model=label[ssl["mode"] != "select"])
+    frame = selection_table(view, tasks, sorted(view.model.unique()))
+    pretrain = view[(view["mode"] == "pretrain") & view.selected.astype(bool)]
+    for i, row in frame.iterrows():
+        kept = pretrain[(pretrain.task == row.task) & (pretrain.model == row.model)]
+        if len(kept):
+            loss = kept.iloc[0].get("val_loss", math.nan)
+            frame.loc[i, "val selection metric"] = "—" if pd.isna(loss) else f"loss {loss:.4f}"
+    return frame
+
+
 def run_model(run_dir: str | Path) -> tuple[Any, str]:
     """The model a run trained, rebuilt from its ``config.yaml`` with random weights (no
     checkpoint files are read: parameter counts and timing do not depend on the weights)."""
@@ -253,8 +357,12 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, title: str, index:
 def build_tables(trials: pd.DataFrame, timing: bool = True) -> dict[str, tuple[str, pd.DataFrame, bool]]:
     """name -> (title, table, whether the index is a column) from a trial table; ``timing``:
     measure Table 8's inference times (seconds per model on a CPU)."""
+    everything, trials = trials, supervised_rows(trials)
     runs = seed_runs(trials)
-    tasks = ordered(list(trials.task.unique()), list(TASK_NAMES))
+    # the pretraining task is a column only where something was trained or probed on it
+    evaluated = ssl_rows(everything)
+    evaluated = evaluated[evaluated["mode"].isin(["probe", "finetune"])] if "mode" in evaluated else evaluated
+    tasks = ordered(list(set(trials.task) | set(evaluated.task)), list(TASK_NAMES))
     models = ordered(list(trials.model.unique()), _registry_order())
     return {
         "table3": (
@@ -282,6 +390,7 @@ def build_tables(trials: pd.DataFrame, timing: bool = True) -> dict[str, tuple[s
             selection_table(trials, tasks, models),
             False,
         ),
+        **ssl_tables(everything, tasks),
     }
 
 
@@ -297,6 +406,7 @@ def side_by_side(named: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The same models in several benchmarks (paired vs partial shards; LSTM vs transformer
     encoders): per model and task, each headline metric of each benchmark side by side, over the
     tasks and models all of them ran."""
+    named = {name: supervised_rows(frame) for name, frame in named.items()}
     runs = {name: seed_runs(frame) for name, frame in named.items()}
     frames = list(named.values())
     tasks = ordered(sorted(set.intersection(*(set(f.task) for f in frames))), list(TASK_NAMES))
@@ -345,8 +455,9 @@ def write_reports(
     if figures:
         from trainer.figures import write_figures, write_training_curves
 
-        paths += write_figures(seed_runs(trials), Path(results) / "figures")
-        paths += write_training_curves(seed_runs(trials), Path(results) / "figures")
+        supervised = seed_runs(supervised_rows(trials))
+        paths += write_figures(supervised, Path(results) / "figures")
+        paths += write_training_curves(supervised, Path(results) / "figures")
         if shards:
             from shards.manifest import read_manifest
             from trainer.figures import write_label_distributions
