@@ -4,8 +4,8 @@ Every daemon is a ``spark-class`` subprocess from the venv's pyspark, each in it
 group, so that stopping the group also takes down the executor JVMs and Python workers the worker
 launched. Stopping is idempotent and also registered with ``atexit``: a failing test, an error
 during start-up or an interrupted session leaves no JVM behind. ``StandaloneCluster.kill_worker``
-SIGKILLs one worker's group (worker JVM, its executor JVMs, their Python workers), as a machine
-that dies would.
+SIGKILLs one worker with everything it started (worker JVM, its executor JVMs, their Python
+workers), as a machine that dies would.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def _tree_groups(pgid: int) -> set[int]:
         more = {pid for pid, (_, ppid, _) in table.items() if ppid in tree} - tree
         tree |= more
         grew = bool(more)
-    return {table[pid][2] for pid in tree}
+    return {table[pid][2] for pid in tree} - {os.getpgrp()}  # never the caller's own group
 
 
 def _members(groups: set[int]) -> dict[int, str]:
@@ -219,7 +219,8 @@ class Worker:
 
     @property
     def pgid(self) -> int:
-        """Its process group: the worker JVM, the executors it launched and their Python workers."""
+        """Its process group: the worker JVM and the executor JVMs it launched (each executor's
+        PySpark daemon and Python workers form a group of their own, see ``kill_worker``)."""
         return self.proc.pid  # start_new_session: the leader's pid is the group id
 
 

@@ -307,7 +307,7 @@ def test_worker_killed_mid_job_the_job_completes_with_the_same_rows(tmp_path):
             victim_parts = {m["partition"] for m in running if cluster.worker_running(m["cwd"]) is victim}
 
             killed = cluster.kill_worker(victim.index)
-            # The killed group held the worker, the executor and the blocked task's Python worker.
+            # Killed: the worker JVM, its executor JVM, the PySpark daemon and the blocked task's Python worker.
             assert {m["pid"] for m in running if m["partition"] in victim_parts} <= killed.keys(), killed
             assert len(killed) >= 3, killed
 
