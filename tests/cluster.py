@@ -1,15 +1,18 @@
-"""A real Spark standalone cluster (one master, one worker) on 127.0.0.1 for tests.
+"""A real Spark standalone cluster (one master, N workers, one by default) on 127.0.0.1 for tests.
 
-Both daemons are ``spark-class`` subprocesses from the venv's pyspark, each in its own process
+Every daemon is a ``spark-class`` subprocess from the venv's pyspark, each in its own process
 group, so that stopping the group also takes down the executor JVMs and Python workers the worker
 launched. Stopping is idempotent and also registered with ``atexit``: a failing test, an error
-during start-up or an interrupted session leaves no JVM behind.
+during start-up or an interrupted session leaves no JVM behind. ``StandaloneCluster.kill_worker``
+SIGKILLs one worker with everything it started (worker JVM, its executor JVMs, their Python
+workers), as a machine that dies would.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -172,21 +175,108 @@ def run_bounded(
         return running.wait()
 
 
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state letter R/S/Z/..., parent pid, process group) of every process (Linux /proc)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, split after it.
+        state, ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        table[int(entry.name)] = (state, int(ppid), int(pgrp))
+    return table
+
+
+def _tree_groups(pgid: int) -> set[int]:
+    """Group ``pgid`` and the groups of all descendants of its members. PySpark's daemon, which
+    forks an executor's Python workers, moves itself into a group of its own (``os.setpgid``)."""
+    table = _processes()
+    tree = {pid for pid, (_, _, pgrp) in table.items() if pgrp == pgid}
+    grew = True
+    while grew:
+        more = {pid for pid, (_, ppid, _) in table.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return {table[pid][2] for pid in tree} - {os.getpgrp()}  # never the caller's own group
+
+
+def _members(groups: set[int]) -> dict[int, str]:
+    """pid -> state letter of every process in ``groups``."""
+    return {pid: state for pid, (state, _, pgrp) in _processes().items() if pgrp in groups}
+
+
+@dataclass(frozen=True)
+class Worker:
+    index: int
+    workdir: Path  # its SPARK_WORKER_DIR: <app id>/<executor id>/ with each executor's stdout, stderr
+    log: Path
+    webui: str  # http://127.0.0.1:PORT, the worker's ``webuiaddress`` in the master's JSON
+    proc: subprocess.Popen = field(compare=False, repr=False)
+
+    @property
+    def pgid(self) -> int:
+        """Its process group: the worker JVM and the executor JVMs it launched (each executor's
+        PySpark daemon and Python workers form a group of their own, see ``kill_worker``)."""
+        return self.proc.pid  # start_new_session: the leader's pid is the group id
+
+
 @dataclass(frozen=True)
 class StandaloneCluster:
     url: str  # spark://127.0.0.1:PORT, what --master takes
     webui: str  # http://127.0.0.1:PORT
-    workdir: Path  # logs (master.log, worker.log) and the worker's SPARK_WORKER_DIR (work/)
+    # Logs (master.log, worker.log, worker-1.log, ...) and worker 0's SPARK_WORKER_DIR (work/);
+    # worker i > 0 works in work-<i>/.
+    workdir: Path
+    workers: tuple[Worker, ...] = ()
 
     def state(self) -> dict:
         """The master's JSON status (workers, aliveworkers, activeapps, completedapps, ...)."""
         with urllib.request.urlopen(f"{self.webui}/json/", timeout=5) as resp:
             return json.load(resp)
 
+    def worker_state(self, worker: Worker) -> str | None:
+        """What the master says of ``worker``: ALIVE, DEAD, ... (None: not registered)."""
+        for entry in self.state().get("workers", []):
+            if entry.get("webuiaddress") == worker.webui:
+                return entry.get("state")
+        return None
+
+    def kill_worker(self, index: int, timeout_s: float = 30.0) -> dict[int, str]:
+        """SIGKILL worker ``index`` with everything it started, at once, as a machine that dies:
+        its process group (worker JVM, executor JVMs) and the groups of their descendants (each
+        executor's PySpark daemon and Python workers). No shutdown hook runs: the worker cannot
+        tell the master nor stop its executors. Waits until none of it runs; returns the processes
+        killed (pid -> state before the kill)."""
+        worker = self.workers[index]
+        groups = _tree_groups(worker.pgid)
+        members = _members(groups)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        worker.proc.wait(timeout=timeout_s)  # our child: reap it
+        deadline = time.monotonic() + timeout_s
+        # The others were the worker's descendants: init reaps them; a zombie runs nothing.
+        while running := {pid: s for pid, s in _members(groups).items() if s != "Z"}:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker {index}: processes still running after SIGKILL: {running}")
+            time.sleep(0.1)
+        return members
+
+    def worker_running(self, path: str | Path) -> Worker:
+        """The worker whose work dir holds ``path`` (an executor's, or a task's, working directory)."""
+        for worker in self.workers:
+            if Path(path).is_relative_to(worker.workdir):
+                return worker
+        raise LookupError(f"{path} is under no worker's work dir")
+
     def logs(self, lines: int = 40) -> str:
+        names = ["master.log", *(w.log.name for w in self.workers)] if self.workers else ["master.log"]
         return "\n".join(
-            f"--- {name} (last {lines} lines)\n{tail(self.workdir / name, lines)}"
-            for name in ("master.log", "worker.log")
+            f"--- {name} (last {lines} lines)\n{tail(self.workdir / name, lines)}" for name in names
         )
 
     def __str__(self) -> str:
@@ -240,18 +330,23 @@ def _wait_until(
 
 @contextlib.contextmanager
 def standalone_cluster(
-    workdir: Path, cores: int = 1, memory: str = "1g", start_timeout_s: float = 120.0
+    workdir: Path,
+    cores: int = 1,
+    memory: str = "1g",
+    start_timeout_s: float = 120.0,
+    workers: int = 1,
 ) -> Iterator[StandaloneCluster]:
-    """Run a master and one worker on 127.0.0.1 until the block ends; yield the cluster."""
+    """Run a master and ``workers`` workers (``cores`` and ``memory`` each) on 127.0.0.1 until
+    the block ends; yield the cluster once every worker has registered."""
     spark_class = str(spark_home() / "bin" / "spark-class")
     env = daemon_env(workdir)
-    port, webui_port, worker_webui_port = free_port(), free_port(), free_port()
-    cluster = StandaloneCluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui_port}", workdir)
+    port, webui_port = free_port(), free_port()
+    master = StandaloneCluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui_port}", workdir)
     procs: dict[str, subprocess.Popen] = {}
 
     def stop() -> None:
-        # Worker first, so that it does not spend the grace period reconnecting to a dead master.
-        for name in ("worker", "master"):
+        # Workers first, so that they do not spend the grace period reconnecting to a dead master.
+        for name in [*sorted(n for n in procs if n != "master"), "master"]:
             if name in procs:
                 _stop_group(procs.pop(name))
 
@@ -273,29 +368,44 @@ def standalone_cluster(
         )
         deadline = time.monotonic() + start_timeout_s
         # The worker's first registration retry comes 5-15 s after a miss: start it once the master answers.
-        _wait_until(cluster, procs, f"master web UI {cluster.webui}", lambda state: True, deadline)
-        procs["worker"] = spawn(
-            [
-                spark_class,
-                "org.apache.spark.deploy.worker.Worker",
-                cluster.url,
-                "--host",
-                HOST,
-                "--cores",
-                str(cores),
-                "--memory",
-                memory,
-                "--webui-port",
-                str(worker_webui_port),
-            ],
-            workdir / "worker.log",
-            env,
-        )
+        _wait_until(master, procs, f"master web UI {master.webui}", lambda state: True, deadline)
+        started = []
+        for index in range(workers):
+            # Worker 0 keeps the one-worker layout (work/, worker.log) that callers look into.
+            suffix = f"-{index}" if index else ""
+            work = workdir / f"work{suffix}"
+            work.mkdir(exist_ok=True)
+            worker_webui_port = free_port()
+            procs[f"worker{suffix}"] = proc = spawn(
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.worker.Worker",
+                    master.url,
+                    "--host",
+                    HOST,
+                    "--cores",
+                    str(cores),
+                    "--memory",
+                    memory,
+                    "--work-dir",
+                    str(work),
+                    "--webui-port",
+                    str(worker_webui_port),
+                ],
+                workdir / f"worker{suffix}.log",
+                env,
+            )
+            started.append(
+                Worker(
+                    index, work, workdir / f"worker{suffix}.log", f"http://{HOST}:{worker_webui_port}", proc
+                )
+            )
+        cluster = dataclasses.replace(master, workers=tuple(started))
         _wait_until(
             cluster,
             procs,
-            f"a worker registered with {cluster.url}",
-            lambda state: state.get("aliveworkers", 0) >= 1,
+            f"{workers} worker(s) registered with {cluster.url}",
+            lambda state: state.get("aliveworkers", 0) >= workers,
             deadline,
         )
         yield cluster

@@ -224,3 +224,124 @@ def test_etl_on_the_cluster_equals_local_mode(standalone_cluster, spark, tmp_pat
     quality = _same_rows(spark, local / "_quality", on_cluster / "_quality", drop=("run_id",))
     assert quality is None, f"_quality differs: {quality}"
     assert len(_table_frame(spark, local / "_quality")) > 0
+
+
+BLOCKING_JOB = REPO / "tests" / "cluster_blocking_job.py"
+KILL_PARTS = 4
+# One executor per worker (1 core, 512m each: two fit on 2 shared cores), so that when one worker
+# dies the survivor already runs an executor of the application; the master could not place a new
+# one anyway while the survivor's only core is taken.
+KILL_CONFS = [
+    *("--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=512m"),
+    *("--conf", "spark.cores.max=2"),
+    # A task of the killed executor fails once: counted against the task when the driver first hears
+    # of it as a lost RPC connection (the cause is then the app's), not counted when the master
+    # first reports the worker lost. With maxFailures=1 the first case would abort the job; 4 (the
+    # cluster default, set here so that no spark-defaults can lower it) leaves room for the retry.
+    *("--conf", "spark.task.maxFailures=4"),
+    # No speculative copies: every attempt after the first is the fault's retry.
+    *("--conf", "spark.speculation=false"),
+]
+
+
+def _markers(markers: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(markers.glob("started-*.json"))]
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_the_job_completes_with_the_same_rows(tmp_path):
+    """Two workers; while a job writing a Delta table has a task running on each (every task waits
+    for a release file, so the kill lands mid-job, never after it), one worker's whole process group
+    (worker JVM, executor JVM, Python workers) is SIGKILLed. The master marks that worker DEAD, the
+    killed task is retried on the surviving worker, the job finishes, and the table holds exactly
+    the rows of the same job run undisturbed."""
+    from tests.cluster import standalone_cluster
+
+    env = {**os.environ, "SPARK_LOCAL_IP": HOST, "PYTHONPATH": str(REPO)}
+    job = [str(BLOCKING_JOB), "--parts", str(KILL_PARTS)]
+    local_markers, markers, work = tmp_path / "local-markers", tmp_path / "markers", tmp_path / "cluster"
+    local_markers.mkdir()
+    markers.mkdir()
+    work.mkdir()
+    (local_markers / "release").touch()  # the undisturbed run never waits
+
+    # The undisturbed run (same job, local mode) goes in the background while the cluster starts.
+    with (
+        Bounded(
+            [
+                str(SUBMIT),
+                "--master",
+                "local[2]",
+                *job,
+                "--out",
+                str(tmp_path / "undisturbed"),
+                "--markers",
+                str(local_markers),
+            ],
+            timeout_s=SUBMIT_TIMEOUT_S,
+            env=env,
+            cwd=tmp_path,
+        ) as undisturbed,
+        standalone_cluster(work, workers=2) as cluster,
+    ):
+        known = {app["id"] for app in cluster.state().get("completedapps", [])}
+        submit = [str(SUBMIT), "--master", cluster.url, *KILL_CONFS, *job]
+        with Bounded(
+            [*submit, "--out", str(tmp_path / "killed"), "--markers", str(markers)],
+            timeout_s=SUBMIT_TIMEOUT_S,
+            env=env,
+            cwd=tmp_path,
+        ) as submitted:
+            # Wait until a task runs on each worker (their first attempts, blocked on the release).
+            deadline = time.monotonic() + 180
+            while len({cluster.worker_running(m["cwd"]).index for m in _markers(markers)}) < 2:
+                assert submitted.proc.poll() is None, f"the job ended early\n{submitted.wait()}"
+                assert time.monotonic() < deadline, (
+                    f"no task on each worker: {_markers(markers)}\n{cluster.logs()}"
+                )
+                time.sleep(0.2)
+            running = _markers(markers)
+            assert not (markers / "release").exists() and all(m["attempt"] == 0 for m in running)
+            victim = cluster.worker_running(running[0]["cwd"])
+            survivor = next(w for w in cluster.workers if w is not victim)
+            victim_parts = {m["partition"] for m in running if cluster.worker_running(m["cwd"]) is victim}
+
+            killed = cluster.kill_worker(victim.index)
+            # Killed: the worker JVM, its executor JVM, the PySpark daemon and the blocked task's Python worker.
+            assert {m["pid"] for m in running if m["partition"] in victim_parts} <= killed.keys(), killed
+            assert len(killed) >= 3, killed
+
+            # The master sees the worker die (its connection drops) before the job may go on.
+            deadline = time.monotonic() + 60
+            while (state := cluster.state())["aliveworkers"] != 1 or cluster.worker_state(victim) != "DEAD":
+                assert time.monotonic() < deadline, (
+                    f"master still counts the killed worker: {state['workers']}"
+                )
+                time.sleep(0.2)
+            assert cluster.worker_state(survivor) == "ALIVE"
+
+            (markers / "release").touch()
+            result = submitted.wait()
+        output = f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        assert result.returncode == 0, (
+            f"the job failed after the kill ({result.returncode})\n{output}\n{cluster.logs()}"
+        )
+        assert f"master={cluster.url}" in result.stdout + result.stderr, output
+        app = _wait_for_completed_app(cluster, known)
+        assert app["state"] == "FINISHED", app
+        local = undisturbed.wait()
+        assert local.returncode == 0, (
+            f"undisturbed run failed\n{local.stdout[-3000:]}\n{local.stderr[-4000:]}"
+        )
+
+    # Every task killed with the worker ran again, on the survivor; every partition finished.
+    attempts = _markers(markers)
+    retried = {m["partition"] for m in attempts if m["attempt"] > 0}
+    assert victim_parts <= retried, attempts
+    assert all(cluster.worker_running(m["cwd"]) is survivor for m in attempts if m["attempt"] > 0), attempts
+    assert {m["partition"] for m in attempts} == set(range(KILL_PARTS))
+
+    # Row for row what the undisturbed run wrote (each read back through its Delta log).
+    rows = json.loads((tmp_path / "killed.rows.json").read_text())
+    expected = json.loads((tmp_path / "undisturbed.rows.json").read_text())
+    assert len(expected) == KILL_PARTS * 250 and rows == expected
