@@ -20,6 +20,7 @@ from spark_jobs.ingest.writer import (
     count_staged,
     drop_staging,
     in_parallel,
+    tallied,
     write_bronze,
     write_quarantine,
     write_staging,
@@ -141,7 +142,8 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Pla
         rows_per_file = STAGING_ROWS_PER_FILE if partitions > 1 else 0
     else:
         raw, rows_per_file = raw.repartition(partitions) if partitions > 1 else raw, 0
-    return Plan(name, table, loc, size, stage_rows(raw, table), unused, rows_per_file)
+    staged, tally = tallied(stage_rows(raw, table))
+    return Plan(name, table, loc, size, staged, unused, rows_per_file, tally)
 
 
 def _stage(

@@ -52,6 +52,24 @@ class Plan(NamedTuple):
     # table is not filtered).
     unused: Observation | None
     rows_per_file: int  # > 0: the staging write cuts its output into files of at most this many rows
+    # Counts the staged rows, kept and rejected, as the staging write writes them.
+    tally: Observation
+
+
+def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
+    """``staged`` with an Observation counting its rows and its kept rows as they are written.
+
+    Exact in the stage that writes (a result stage: each task reports once, retries included),
+    and free: no second read of the staging table just to count it.
+    """
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    tally = Observation()
+    observed = staged.observe(
+        tally, F.count(F.lit(1)).alias("rows"), F.count_if(F.col(REASON).isNull()).alias("kept")
+    )
+    return observed, tally
 
 
 def in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
@@ -107,38 +125,46 @@ def _read_staged(spark: SparkSession, out: str, name: str) -> DataFrame:
     return delta_io.read_table(spark, staging_path(out, name))
 
 
-def _tally(plan: Plan, groups: Sequence[Any]) -> tuple[dict[str, int], dict[str, int]]:
-    """(rows_in / kept / rejected / filtered_out, rejected by reason) of one table from the
-    (table, reason, count) rows of the staged tables."""
-    mine = [r for r in groups if r["table"] == plan.name]
-    by_reason: dict[str, int] = {}
-    for r in mine:
-        if r[REASON] is not None:
-            by_reason[r[REASON]] = by_reason.get(r[REASON], 0) + r["count"]
-    kept = sum(r["count"] for r in mine if r[REASON] is None)
-    filtered_out = int(plan.unused.get.get(FILTERED_OUT) or 0) if plan.unused is not None else 0
-    counts = {
-        "rows_in": kept + sum(by_reason.values()) + filtered_out,
-        "kept": kept,
-        "rejected": sum(by_reason.values()),
-        "filtered_out": filtered_out,
-    }
-    return counts, by_reason
-
-
 def count_staged(
     spark: SparkSession, plans: Sequence[Plan], out: str
 ) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
     """{table: (rows_in / kept / rejected / filtered_out, rejected by reason)} of the staged rows
     and the rows of unused items counted on the way (call after the staging writes).
 
-    One Spark job for all tables (reading one column of each staging table), not one per table.
+    The counts come from the Observations of the staging writes; only the tables with rejects
+    are read again (one Spark job for all of them, the reason column only) to count by reason.
     """
     from pyspark.sql import functions as F
 
-    parts = [_read_staged(spark, out, p.name).select(F.lit(p.name).alias("table"), REASON) for p in plans]
-    groups = reduce(lambda a, b: a.unionByName(b), parts).groupBy("table", REASON).count().collect()
-    return {p.name: _tally(p, groups) for p in plans}
+    totals = {}
+    for p in plans:
+        tally = p.tally.get
+        kept, rejected = int(tally["kept"]), int(tally["rows"]) - int(tally["kept"])
+        filtered_out = int(p.unused.get.get(FILTERED_OUT) or 0) if p.unused is not None else 0
+        totals[p.name] = {
+            "rows_in": kept + rejected + filtered_out,
+            "kept": kept,
+            "rejected": rejected,
+            "filtered_out": filtered_out,
+        }
+    with_rejects = [p for p in plans if totals[p.name]["rejected"]]
+    by_reason: dict[str, dict[str, int]] = {p.name: {} for p in plans}
+    if with_rejects:
+        parts = [
+            _read_staged(spark, out, p.name)
+            .where(F.col(REASON).isNotNull())
+            .select(F.lit(p.name).alias("table"), REASON)
+            for p in with_rejects
+        ]
+        for r in reduce(lambda a, b: a.unionByName(b), parts).groupBy("table", REASON).count().collect():
+            by_reason[r["table"]][r[REASON]] = r["count"]
+    for p in with_rejects:
+        if sum(by_reason[p.name].values()) != totals[p.name]["rejected"]:
+            raise IngestError(
+                f"bookkeeping does not add up for {p.name}: {totals[p.name]}, but the staging table "
+                f"holds {by_reason[p.name]} rejects"
+            )
+    return {p.name: (totals[p.name], by_reason[p.name]) for p in plans}
 
 
 def write_bronze(
