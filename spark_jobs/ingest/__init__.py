@@ -12,6 +12,8 @@ The package is split along what changes for different reasons:
   HDFS and S3 alike) and where each table is (layout detection, :func:`locate`);
 - :mod:`~spark_jobs.ingest.staging`: raw readers and the pure parsing / typing / tagging
   transforms (:func:`stage_rows`, :func:`unstage`);
+- :mod:`~spark_jobs.ingest.arrow_csv`: the raw events csv parsed by Arrow inside the Spark
+  task, rows of unused items dropped and counted there (``IngestConfig.reader``);
 - :mod:`~spark_jobs.ingest.errors`: :class:`IngestError` and the translation of Java failures;
 - :mod:`~spark_jobs.ingest.writer`: staging, bronze and quarantine writes, tables side by side;
 - :mod:`~spark_jobs.ingest.job`: :class:`IngestConfig` and :func:`run`, the stage itself.
