@@ -192,3 +192,24 @@ def test_a_fusion_run_is_identified_by_the_unimodal_runs_it_starts_from(shards, 
     assert keys["model.pretrained.ehr_encoder"] == uni
     given = load_run_config(["task=ihm", *words(shards, finished), "model=medfuse", "model.init=random"])
     assert run_id.pretrained_hashes(given) == {}
+
+
+def test_a_probe_is_identified_by_its_pretraining_run_and_selected_epoch(tmp_path):
+    """A retrained encoder (or another selected epoch) in the same folder is another probe run,
+    so the benchmark cannot reuse a probe of the old encoder because the path is unchanged."""
+    pretrain = tmp_path / "pheno" / "convirt" / "0"
+    (pretrain / "checkpoints").mkdir(parents=True)
+
+    def encoder_slot(**files: str) -> str | None:
+        for name, text in files.items():
+            (pretrain / name).write_text(text)
+        probe = load_run_config(["mode=probe", f"encoder={pretrain}", "task=ihm"])
+        return run_id.pretrained_hashes(probe)["encoder"]
+
+    assert encoder_slot(**{"run.json": json.dumps({"hash": "aaa", "identity": {}})}) == "aaa"
+    (pretrain / "checkpoints" / "selected.pt").write_bytes(b"")
+    assert encoder_slot(**{"selection.json": json.dumps({"best": "epoch_0002.pt"})}) == "aaa:epoch_0002.pt"
+    assert encoder_slot(**{"selection.json": json.dumps({"best": "epoch_0001.pt"})}) == "aaa:epoch_0001.pt"
+    assert encoder_slot(**{"run.json": json.dumps({"hash": "bbb", "identity": {}})}) == "bbb:epoch_0001.pt"
+    random_init = load_run_config(["mode=probe", f"encoder={pretrain}", "task=ihm", "model.init=random"])
+    assert "encoder" not in run_id.pretrained_hashes(random_init)

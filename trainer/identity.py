@@ -4,7 +4,8 @@ The identity is the resolved run config as flat dotted keys (``optim.lr``, ``mod
 the model part is the model's full typed config, defaults included, not the words that set it),
 minus the keys below, plus ``data.manifest``: a hash of the shard set's content for the task,
 and for a model that starts from unimodal runs by convention, ``model.pretrained.<slot>``: the
-identity hash of each such run (None when it has none recorded).
+identity hash of each such run (None when it has none recorded); for an SSL probe or fine-tune,
+``model.pretrained.encoder``: its pretraining run's hash and selected epoch.
 Checkpoints carry it (``identity``), the run folder records it in ``run.json``; a run resumes only
 into a folder of the same identity, and ``trainer.rescore`` checks a checkpoint against it.
 
@@ -323,7 +324,25 @@ def pretrained_hashes(cfg: RunConfig) -> dict[str, str | None]:
         t.seed,
         t.run_name,
     )
-    return {slot: recorded_hash(path) for slot, path in paths.items()}
+    hashes = {slot: recorded_hash(path) for slot, path in paths.items()}
+    return hashes | encoder_hash(model_config(cfg.model.name, dict(cfg.model.args)))
+
+
+def encoder_hash(model_cfg: Any) -> dict[str, str | None]:
+    """For an SSL probe / fine-tune over a pretraining run (``encoder=``): slot ``encoder``, the
+    pretraining run's identity hash and, for the epoch that model selection chose, that epoch. The
+    folder path alone (a config key) would let a probe over a retrained encoder pass for done."""
+    source = getattr(model_cfg, "encoder_ckpt", None)
+    if not source or getattr(model_cfg, "init", None) != "pretrained":
+        return {}
+    from trainer.models.ssl import SELECTED, encoder_checkpoint
+
+    path = encoder_checkpoint(source)
+    value = recorded_hash(path)
+    selection = path.parent.parent / "selection.json"
+    if value is not None and path.name == SELECTED.name and selection.is_file():
+        value = f"{value}:{json.loads(selection.read_text())['best']}"
+    return {"encoder": value}
 
 
 def training_identity(cfg: RunConfig, manifest: dict[str, Any]) -> dict[str, Any]:
