@@ -416,15 +416,14 @@ def test_ssl_probes_wait_for_the_epoch_selection_of_the_kept_pretraining_run(tmp
     assert p.run_dir(tune) == tmp_path / "runs" / "ihm" / "ssl_finetune" / "convirt-both-search0" / "0"
 
 
-def test_a_failed_pretraining_run_blocks_only_what_starts_from_it(tmp_path, monkeypatch):
-    """The whole graph through execute() with a fake trainer: convirt's second pretraining
-    run fails, so its epoch selection and every convirt probe / fine-tune are blocked; vicreg
-    and the supervised rows run to the end, each probe after its method's selection."""
+def run_ssl_graph(tmp_path, monkeypatch, failing: set[int]):
+    """The whole graph through execute() with a fake trainer in which convirt's pretraining
+    trials ``failing`` fail; returns the protocol, the number failed or blocked, the start order."""
     started: list[bm.Trial] = []
 
     def fake_run(trial, words, run_dir, logs, env):
         started.append(trial)
-        if trial.mode == bm.PRETRAIN and trial.model == "convirt" and trial.index == 1:
+        if trial.mode == bm.PRETRAIN and trial.model == "convirt" and trial.index in failing:
             return bm.Outcome(trial, "failed", str(run_dir), error="exit 3: NonFiniteLoss")
         if trial.mode == bm.PRETRAIN:
             return ssl_outcome(trial, 1.0 + trial.index)
@@ -433,13 +432,41 @@ def test_a_failed_pretraining_run_blocks_only_what_starts_from_it(tmp_path, monk
     monkeypatch.setattr(bm, "run_trial", fake_run)
     cfg = bm.BenchmarkConfig(shards="/shards", out=str(tmp_path), tasks=["ihm"], parallel=2)
     p = bm.Protocol(cfg, ssl_preset(), [])
-    # the failure, its selection and convirt's evaluation searches (2 probe + 1 fine-tune trials, 2 feature sets)
-    assert bm.execute(p) == 1 + 1 + (2 + 1) * 2
+    return p, bm.execute(p), started
+
+
+def test_a_failed_pretraining_trial_leaves_the_best_finished_one(tmp_path, monkeypatch):
+    """As in a supervised search: convirt's first pretraining trial fails, the second is kept,
+    and every convirt row still comes out; the failure is counted and recorded."""
+    p, failed, started = run_ssl_graph(tmp_path, monkeypatch, failing={0})
+    assert failed == 1
+    status = {t: o.status for t, o in p.outcomes.items()}
+    assert {
+        s for t, s in status.items() if not (t.mode == bm.PRETRAIN and t.index == 0 and t.model == "convirt")
+    } == {"done"}
+    assert p.selected[(p.ssl.pretrain_task, "convirt", bm.PRETRAIN, "")].index == 1
+    select = p.words(bm.select_trial(p.ssl, "convirt"), p.inputs(bm.select_trial(p.ssl, "convirt")))
+    assert any(w.startswith("encoder=") and "convirt/search1/0" in w for w in select)
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    assert (
+        trials[(trials.model == "convirt") & (trials["mode"] == "pretrain")].status.tolist().count("failed")
+        == 1
+    )
+
+
+def test_a_method_whose_pretraining_trials_all_fail_blocks_only_what_starts_from_it(tmp_path, monkeypatch):
+    """Both convirt pretraining trials fail, so its epoch selection and every convirt probe /
+    fine-tune are blocked; vicreg and the supervised rows run to the end, each probe after its
+    method's selection."""
+    p, failed, started = run_ssl_graph(tmp_path, monkeypatch, failing={0, 1})
+    # the failures, its selection and convirt's evaluation searches (2 probe + 1 fine-tune trials, 2 feature sets)
+    assert failed == 2 + 1 + (2 + 1) * 2
     status = {t: o.status for t, o in p.outcomes.items()}
     assert {s for t, s in status.items() if t.model == "convirt" and t.mode in (bm.PROBE, bm.FINETUNE)} == {
         "blocked"
     }
     assert status[bm.select_trial(p.ssl, "convirt")] == "blocked"
+    assert "every convirt pretraining trial failed" in p.outcomes[bm.select_trial(p.ssl, "convirt")].error
     assert {s for t, s in status.items() if t.model != "convirt"} == {"done"}
     assert not any(t.model == "convirt" and t.mode in (bm.SELECT, bm.PROBE, bm.FINETUNE) for t in started)
     selection_at = started.index(bm.select_trial(p.ssl, "vicreg"))

@@ -22,8 +22,10 @@ finished, its best epoch picked by ``trainer.selection`` (its probes under
 mode, probe and fine-tune searches (``mode=probe|finetune encoder=<kept run> features=...``) in
 ``runs/<task>/ssl_probe|ssl_finetune/<method>-<features>-search<i>/0``, which wait for that
 selection as fusion waits for unimodal runs, and the other seeds at the selected rate in
-``.../<method>-<features>-final/<seed>``. The pretraining run is not repeated per seed. A
-failed pretraining trial blocks its method's selection, probes and fine-tunes, nothing else.
+``.../<method>-<features>-final/<seed>``. The pretraining run is not repeated per seed. As in
+a supervised search, a failed pretraining trial leaves the best of the finished ones (the
+failure stays in ``trials.parquet`` and the exit status); only when every pretraining trial of a
+method failed are its selection, probes and fine-tunes blocked, nothing else.
 
 Resumable: a trial whose run folder holds ``metrics.json`` of the same run identity
 (``trainer.identity``) is not run again; an unfinished one resumes from its last checkpoint (the
@@ -368,18 +370,18 @@ class Protocol:
 
     def blocked_by(self, trial: Trial) -> str | None:
         """The failed upstream trial that means ``trial`` can never run: for a fusion model, a
-        failed run of a unimodal model it starts from; for an epoch selection, a failed
-        pretraining run of its method; for a probe or fine-tune, its failed (or blocked)
+        failed run of a unimodal model it starts from; for an epoch selection, its method's
+        pretraining trials all failed; for a probe or fine-tune, its failed (or blocked)
         selection. Nothing else waits on them: other methods and models go on."""
         if trial.mode == PRETRAIN:
             return None
-        if trial.mode == SELECT:
-            failed = [
-                t
-                for t, o in self.outcomes.items()
-                if t.mode == PRETRAIN and t.model == trial.model and o.status in ("failed", "blocked")
-            ]
-            return f"{trial.model} pretraining failed ({failed[0].key})" if failed else None
+        if trial.mode == SELECT:  # as in a supervised search: the best finished trial is kept
+            ended = [o for t, o in self.outcomes.items() if t.mode == PRETRAIN and t.model == trial.model]
+            if len(ended) < len(pretrain_trials(self.ssl, trial.model)):
+                return None
+            if any(o.status in ("done", "reused") for o in ended):
+                return None
+            return f"every {trial.model} pretraining trial failed ({ended[0].trial.key}: {ended[0].error})"
         if trial.mode in (PROBE, FINETUNE):
             selection = select_trial(self.ssl, trial.model)
             done = self.outcomes.get(selection)
@@ -475,11 +477,12 @@ class Protocol:
         if len(group) < self.search_size(t):
             return
         best = select(group)
-        if best is None:
-            return
-        self.selected[t.group] = best
-        if t.mode == PRETRAIN:
+        if best is not None:
+            self.selected[t.group] = best
+        if t.mode == PRETRAIN:  # queued even when none finished: blocked_by then says why
             self.pending.append(select_trial(self.ssl, t.model))
+            return
+        if best is None:
             return
         self.pending += [
             Trial(t.task, t.model, SEEDS, s, best.lr, t.mode, t.features) for s in range(1, self.preset.seeds)
