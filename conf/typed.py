@@ -8,6 +8,7 @@ silently ignored produces a benchmark number nobody asked for.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,6 +36,9 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
             return True, args[0]
     return False, tp
+
+
+FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -71,6 +75,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and FLOAT_TEXT.fullmatch(value):
+        return float(value)  # YAML 1.1 reads 3e-4 (no dot in the mantissa) as text
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -112,3 +112,15 @@ def test_pipeline_ingest_tuning_reaches_the_config_and_is_checked_at_load():
     )
     with pytest.raises(ConfigError, match="ingest.spread"):
         load_config(["ingest.spread=-1"])
+
+
+def test_a_float_key_takes_exponent_notation_that_yaml_reads_as_text():
+    """PyYAML reads `3e-4` (no dot) as a string; a float key still takes it, other text is refused."""
+    from trainer.config import load_run_config
+
+    assert load_run_config(["task=ihm", "optim.lr=3e-4"]).optim.lr == 3e-4
+    assert load_run_config(["task=ihm", "optim.lr=1E+2"]).optim.lr == 100.0
+    assert load_run_config(["task=ihm", "optim.lr=-.5e-1"]).optim.lr == -0.05
+    for bad in ("3e", "e-4", "fast", "3e-4x"):
+        with pytest.raises(ConfigError, match="optim.lr: expected float"):
+            load_run_config(["task=ihm", f"optim.lr={bad}"])
