@@ -12,7 +12,8 @@ a run folder holding another identity is an error that names the differing keys 
 ``--runs``, or ``-- train.run_name=NAME`` for a folder of its own per run). Words after ``--``
 go to every ``trainer/train.py`` call. The table gives each model's test metrics with bootstrap
 95% CIs and, per task, the gap between each fusion model and the best unimodal model on the
-selection metric (the CI columns say whether it is clear).
+selection metric (the CI columns say whether it is clear). The table is printed and written to
+``<runs>/table.md``.
 """
 
 from __future__ import annotations
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     sys.stdout.write(text + "\n")
+    table = args.runs / "table.md"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(text + "\n")
+    log.info("table written to %s", table)
     if args.write:
         bc.append_section(text)
     return 0

@@ -112,8 +112,12 @@ def test_same_identity_resumes_and_more_epochs_extend(shards, tmp_path, caplog):
     last = tmp_path / "ihm" / "uni_ehr" / "0" / "checkpoints" / "last.pt"
     first = ckpt.load(last)
     assert first["identity"]["keys"] == json.loads(last.parent.with_name("run.json").read_text())["identity"]
+    measured = json.loads(last.parent.with_name("metrics.json").read_text())["throughput"]
+    assert measured["steps"] == 3 and measured["samples_per_s"] > 0
     assert train.main([*args, "train.progress=always", "train.log_every=1"]) == 0
     assert "training already finished" in caplog.text
+    # the rerun trained nothing: it reports the training's throughput, not NaN over 0 steps
+    assert json.loads(last.parent.with_name("metrics.json").read_text())["throughput"] == measured
     assert train.main([*args, "train.epochs=2"]) == 0
     extended = ckpt.load(last)
     assert (first["step"], extended["step"]) == (3, 6)
@@ -213,3 +217,17 @@ def test_a_probe_is_identified_by_its_pretraining_run_and_selected_epoch(tmp_pat
     assert encoder_slot(**{"run.json": json.dumps({"hash": "bbb", "identity": {}})}) == "bbb:epoch_0001.pt"
     random_init = load_run_config(["mode=probe", f"encoder={pretrain}", "task=ihm", "model.init=random"])
     assert "encoder" not in run_id.pretrained_hashes(random_init)
+
+
+def test_compare_fusion_writes_its_table_beside_the_runs(shards, finished, tmp_path):
+    """A finished run is reused (nothing trains) and the printed table is also in <runs>/table.md,
+    with the run's own test metric and CI."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import compare_fusion
+
+    tiny = [w for w in words(shards, finished) if not w.startswith(("data.shards=", "train.runs_dir="))]
+    argv = ["--shards", str(shards), "--tasks", "ihm", "--models", "uni_ehr", "--runs", str(finished)]
+    assert compare_fusion.main([*argv, "--", *tiny, "train.epochs=1"]) == 0
+    auroc = json.loads((finished / "ihm" / "uni_ehr" / "0" / "metrics.json").read_text())["test"]["metrics"]["auroc"]
+    table = (finished / "table.md").read_text()
+    assert f"auroc {auroc['value']:.3f} [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]" in table

@@ -73,7 +73,8 @@ class MetricsLogger:
         self.history: list[dict[str, Any]] = []
         self.writer: Any = None
         self.bar: Any = None
-        # Throughput of this process's training steps (this session only, resumed or not).
+        # Throughput of the run's training steps, over every session: the checkpoint carries it,
+        # so a rerun of a finished run (which trains nothing) reports what the training measured.
         self.timing = {"data_s": 0.0, "step_s": 0.0, "samples": 0, "steps": 0}
         self._tick, self._seen, self._losses = 0.0, 0, []
 
@@ -161,10 +162,11 @@ class MetricsLogger:
             self.writer.close()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        return {"history": list(self.history), "timing": dict(self.timing)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])
+        self.timing = dict(state.get("timing", self.timing))  # older checkpoints: this session only
 
 
 class Checkpointer:
