@@ -295,6 +295,15 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def split_trainer_words(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """A script's own arguments and the trainer words after ``--`` (``sys.argv`` when None)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
 def setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr

@@ -228,6 +228,8 @@ def test_compare_fusion_writes_its_table_beside_the_runs(shards, finished, tmp_p
     tiny = [w for w in words(shards, finished) if not w.startswith(("data.shards=", "train.runs_dir="))]
     argv = ["--shards", str(shards), "--tasks", "ihm", "--models", "uni_ehr", "--runs", str(finished)]
     assert compare_fusion.main([*argv, "--", *tiny, "train.epochs=1"]) == 0
-    auroc = json.loads((finished / "ihm" / "uni_ehr" / "0" / "metrics.json").read_text())["test"]["metrics"]["auroc"]
+    auroc = json.loads((finished / "ihm" / "uni_ehr" / "0" / "metrics.json").read_text())["test"]["metrics"][
+        "auroc"
+    ]
     table = (finished / "table.md").read_text()
     assert f"auroc {auroc['value']:.3f} [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]" in table
