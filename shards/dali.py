@@ -383,6 +383,8 @@ def dali_loader(
         local_rank=local_rank,
         prefetch=prefetch,
     )
+    if cfg.paired_only:  # SSL pretraining reads pairs; DALI's pipeline has no record filter
+        samples = (s for s in samples if s["has_image"])
     if cfg.mode == "sample":
         samples = (s for seg in samples for s in expand_hourly(seg))
     collate = collate_sequences if cfg.mode == "sequence" else collate_samples

@@ -169,3 +169,18 @@ def test_gpu_images_go_device_to_device_and_host_batches_are_pinned(monkeypatch)
         {"ehr": torch.zeros(2, 3), "image": torch.zeros(1, device="meta"), "ids": ["a"]}
     )
     assert pinned == [torch.Size([2, 3])] and batch["ids"] == ["a"]
+
+
+def test_dali_reads_pairs_only_for_pretraining_like_the_webdataset_reader(tiny):
+    """mode=pretrain sets paired_only: no record without an image may reach the SSL loss."""
+    from shards.dali import dali_loader
+
+    root, manifest = tiny
+    cfg = ReaderConfig(task="pheno", split="test", mode="sample", paired_only=True)
+    dali_ids = [i for b in dali_loader(root, cfg, batch_size=2, manifest=manifest) for i in b["sample_id"]]
+    wds_ids = [s["sample_id"] for s in shard_dataset(root, cfg, manifest=manifest)]
+    assert sorted(dali_ids) == sorted(wds_ids)
+    everything = ReaderConfig(task="pheno", split="test", mode="sample")
+    assert 0 < len(dali_ids) < len(list(shard_dataset(root, everything, manifest=manifest)))
+    for batch in dali_loader(root, cfg, batch_size=2, manifest=manifest):
+        assert bool(batch["has_image"].all())
