@@ -49,6 +49,8 @@ TRAIN_RUNS = [
     ("uni_cxr radiology", ["task=radiology", "model=uni_cxr"]),
     ("medfuse ihm", ["task=ihm", "model=medfuse", "model.init=random"]),
     ("uni_ehr decomp sequence", ["task=decomp", "model=uni_ehr", "train.hourly_mode=sequence"]),
+    # SSL pretraining (issue #12): paired phenotyping samples, embeddings gathered over ranks
+    ("convirt pretrain pheno", ["task=pheno", "model=convirt", "mode=pretrain"]),
 ]
 
 
@@ -124,7 +126,7 @@ def make_shards(root: str, records: int) -> None:
 
     tiny_dataset(
         root,
-        tasks=("radiology", "ihm", "decomp"),
+        tasks=("radiology", "ihm", "decomp", "pheno"),
         records=records,
         records_per_shard=32,
         image_size=256,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (< 8 min on one node, one command, one table): DALI mixed vs CPU decode,
-# uni_cxr / MedFuse / uni_ehr-sequence training samples/s per GPU at 1 and N ranks (data-loader
-# share, GPU utilisation), and the S3 (moto on loopback) -> DALI path. See scripts/gpu_check.py.
+# uni_cxr / MedFuse / uni_ehr-sequence training and ConVIRT pretraining samples/s per GPU at 1
+# and N ranks (data-loader share, GPU utilisation), and the S3 (moto on loopback) -> DALI path.
+# See scripts/gpu_check.py.
 #
 #   scripts/gpu_check.sh [PYTHON] [--no-write] [--out DIR] [--steps N]   # PYTHON: .venv/bin/python, else python3
 #
