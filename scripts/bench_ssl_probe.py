@@ -44,8 +44,9 @@ sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 import bench_common as bc  # noqa: E402
 import learning_check as lc  # noqa: E402
 
+from trainer.tasks import task_spec  # noqa: E402
+
 log = logging.getLogger("medmod.bench_ssl_probe")
-HOURLY = ("decomp", "los")
 
 
 def probe(args: argparse.Namespace, task: str, name: str, words: list[str]) -> tuple[dict, float]:
@@ -86,7 +87,7 @@ def oracle_auroc(task: str, run_dir: Path, stays: pd.DataFrame) -> float:
 def versus_random(args: argparse.Namespace, stays: pd.DataFrame) -> list[list[str]]:
     rows = []
     for task in args.tasks:
-        metric = "auroc" if task == "ihm" else "auroc_macro"
+        metric = task_spec(task).selection_metric
         pretrained, _ = probe(args, task, "pretrained", [])
         random_init, _ = probe(args, task, "random", ["model.init=random"])
         run_dir = args.runs / task / "ssl_probe" / "pretrained" / "0"
@@ -112,7 +113,7 @@ def versus_random(args: argparse.Namespace, stays: pd.DataFrame) -> list[list[st
 
 def timing_words(task: str, cached: bool, steps: int, hourly_mode: str = "sequence") -> list[str]:
     words = [f"train.cache_features={str(cached).lower()}", "train.epochs=1", "train.bootstrap=50"]
-    if task in HOURLY:  # rows are labelled hours in either mode
+    if task_spec(task).hourly:  # rows are labelled hours in either mode
         words += ["train.max_chunks=1", f"train.hourly_mode={hourly_mode}"]
     if not cached:
         words += [f"train.max_steps={steps}", f"train.val_steps={max(1, steps // 4)}"]
@@ -126,7 +127,7 @@ def cached_versus_frozen(args: argparse.Namespace) -> list[list[str]]:
     for task in args.timing_tasks:
         cached, cached_s = probe(args, task, "timing-cached", timing_words(task, True, args.timing_steps))
         fast = cached["throughput"]["samples_per_s"]
-        modes = ("sequence", "sample") if task in HOURLY else ("",)
+        modes = ("sequence", "sample") if task_spec(task).hourly else ("",)
         for mode in modes:
             name = f"timing-frozen-{mode}" if mode else "timing-frozen"
             words = timing_words(task, False, args.timing_steps, mode or "sequence")
