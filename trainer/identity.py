@@ -316,16 +316,10 @@ def pretrained_hashes(cfg: RunConfig) -> dict[str, str | None]:
     from trainer.runtime import find_pretrained
 
     t = cfg.train
-    paths = find_pretrained(
-        cfg.model.name,
-        model_config(cfg.model.name, dict(cfg.model.args)),
-        cfg.task,
-        t.runs_dir,
-        t.seed,
-        t.run_name,
-    )
+    model_cfg = model_config(cfg.model.name, dict(cfg.model.args))
+    paths = find_pretrained(cfg.model.name, model_cfg, cfg.task, t.runs_dir, t.seed, t.run_name)
     hashes = {slot: recorded_hash(path) for slot, path in paths.items()}
-    return hashes | encoder_hash(model_config(cfg.model.name, dict(cfg.model.args)))
+    return hashes | encoder_hash(model_cfg)
 
 
 def encoder_hash(model_cfg: Any) -> dict[str, str | None]:
