@@ -48,8 +48,10 @@ class IngestTuning:
         bad = {k: v for k, v in (("concurrency", self.concurrency), ("spread", self.spread)) if v < 0}
         if bad:
             raise typed.ConfigError(f"ingest.{', ingest.'.join(bad)} must be >= 0, got {bad}")
-        if self.reader not in ("auto", "arrow", "spark"):
-            raise typed.ConfigError(f"ingest.reader must be auto, arrow or spark, got {self.reader!r}")
+        if self.reader not in ingest.READERS:
+            raise typed.ConfigError(
+                f"ingest.reader must be one of {', '.join(ingest.READERS)}, got {self.reader!r}"
+            )
 
 
 @dataclass

@@ -112,6 +112,8 @@ def test_pipeline_ingest_tuning_reaches_the_config_and_is_checked_at_load():
     )
     with pytest.raises(ConfigError, match="ingest.spread"):
         load_config(["ingest.spread=-1"])
+    with pytest.raises(ConfigError, match="ingest.reader must be one of auto, arrow, spark"):
+        load_config(["ingest.reader=pandas"])
 
 
 def test_a_float_key_takes_exponent_notation_that_yaml_reads_as_text():

@@ -21,7 +21,14 @@ The package is split along what changes for different reasons:
 
 from spark_jobs.ingest.errors import CorruptInputError, HeaderError, IngestError, MissingInputError
 from spark_jobs.ingest.files import Located, detect_layout, locate, resolve_layout
-from spark_jobs.ingest.job import DEFAULT_TABLES, EVENT_TABLES, IngestConfig, default_metadata, run
+from spark_jobs.ingest.job import (
+    DEFAULT_TABLES,
+    EVENT_TABLES,
+    READERS,
+    IngestConfig,
+    default_metadata,
+    run,
+)
 from spark_jobs.ingest.staging import (
     REQUIRED_IDS,
     STAGE,
@@ -37,6 +44,7 @@ __all__ = [
     "DEFAULT_TABLES",
     "EVENT_TABLES",
     "QUARANTINE",
+    "READERS",
     "REQUIRED_IDS",
     "STAGE",
     "CorruptInputError",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from spark_jobs.ingest.errors import ARROW_CANNOT_READ, PYTHON_INPUT_ERROR
-from spark_jobs.ingest.staging import CORRUPT, SOURCE, UNUSED
+from spark_jobs.ingest.staging import CORRUPT, SOURCE, UNUSED, header_names
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -96,10 +96,10 @@ def _has_line_break(columns: Sequence[pa.Array]) -> pa.Array | None:
 def _may_hold_line_break(column: pa.Array) -> bool:
     """False when no value can hold a line break: none in the column's bytes (a scan of its data
     buffer at memchr speed; the exact per-value check costs more than the parse)."""
-    data = column.buffers()[2] if column.type.num_buffers == 3 else None
-    if data is None:
-        return column.type.num_buffers != 3  # not a binary column: check it exactly
-    raw = data.to_pybytes()
+    if column.type.num_buffers != 3:
+        return True  # not a binary column: check it exactly
+    data = column.buffers()[2]  # None: every value is null or empty
+    raw = data.to_pybytes() if data is not None else b""
     return b"\n" in raw or b"\r" in raw
 
 
@@ -172,8 +172,7 @@ class _FileParser:
         line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
         if not line.strip():
             return None
-        names = next(csv.reader([line]))
-        return [n.lstrip("\ufeff") if i == 0 else n for i, n in enumerate(names)]
+        return header_names(line)
 
     def _reader(self):
         import pyarrow as pa

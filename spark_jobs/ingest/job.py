@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_TABLES = frozenset({"chartevents", "labevents"})
+# How the raw events csv is parsed: by Arrow inside the Spark task (local files), by Spark's csv
+# source, or Arrow where it can and Spark elsewhere.
+READERS = ("auto", "arrow", "spark")
+
 DEFAULT_TABLES = (
     "patients",
     "admissions",
@@ -91,8 +95,8 @@ class IngestConfig:
             raise ValueError(f"concurrency must be >= 0 (0: one per core), got {self.concurrency}")
         if self.spread < 0:
             raise ValueError(f"spread must be >= 0 (0: two partitions per core), got {self.spread}")
-        if self.reader not in ("auto", "arrow", "spark"):
-            raise ValueError(f"reader must be auto, arrow or spark, got {self.reader!r}")
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}, got {self.reader!r}")
 
 
 def _table(cfg: IngestConfig, name: str, layout: str) -> tuple[str, RawTable]:
@@ -128,13 +132,13 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Pla
     log.info("ingest %s: %s (%s, %d file(s))", name, loc.path, loc.format, len(loc.files))
     size = HadoopFs(spark).size(loc.files)
     partitions = spread_partitions(spark.sparkContext.defaultParallelism, loc, size, cfg.spread)
-    unused = None
-    if name in EVENT_TABLES and cfg.itemids is not None and _arrow_reads(cfg.reader, loc):
+    unused, filtered = None, name in EVENT_TABLES and cfg.itemids is not None
+    if filtered and _arrow_reads(cfg.reader, loc):
         header, columns = csv_columns(spark, loc, table)
         raw = arrow_csv.read_csv(spark, loc.files, header, columns, "itemid", cfg.itemids)
     else:
         raw = read_raw(spark, loc, table)
-    if name in EVENT_TABLES and cfg.itemids is not None:
+    if filtered:
         # The task that parses also types the few rows worth it (on MIMIC, ~18% of
         # chartevents): spreading every raw row would cost more than it saves. It writes them
         # to several files instead, so that the later reads are parallel.

@@ -61,16 +61,21 @@ def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def header_names(line: str) -> list[str]:
+    """The column names of a csv header line, a UTF-8 byte-order mark dropped."""
+    names = next(csv.reader([line]), [])
+    if names:
+        names[0] = names[0].lstrip("\ufeff")
+    return names
+
+
 def _csv_header(fs: HadoopFs, files: Sequence[str]) -> tuple[str, list[str]]:
     """(file, column names) of the first part with a header; empty parts are skipped."""
     for path in files:
         with naming_files([path], what="reading the header of", only_inputs=True):
             line = fs.first_line(path)
         if line:
-            names = next(csv.reader([line]))
-            if names:
-                names[0] = names[0].lstrip("\ufeff")
-            return path, names
+            return path, header_names(line)
     raise CorruptInputError(f"no header line in any of: {', '.join(files)}")
 
 
