@@ -5,6 +5,7 @@ LOS has no ROC / PR curve (ten buckets) and its reliability diagram is top-label
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,8 @@ def scalar_series(run_dir: str | Path, tag: str) -> tuple[list[int], list[float]
     folder = Path(run_dir) / "tb"
     if not folder.is_dir():
         return [], []
+    # Its reader logs "No path found after ..." at INFO for every event file it finishes.
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     events.Reload()
     if tag not in events.Tags().get("scalars", []):
