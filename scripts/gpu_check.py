@@ -54,11 +54,6 @@ TRAIN_RUNS = [
 ]
 
 
-def _word(words: list[str], key: str) -> str:
-    """The value of ``key=...`` among trainer words (the run's folder is <task>/<model>/0)."""
-    return next(w.split("=", 1)[1] for w in words if w.startswith(f"{key}="))
-
-
 @dataclass
 class CheckSettings:
     """What differs between the real check and the CPU smoke run of its plumbing."""
@@ -128,10 +123,11 @@ def dali_version() -> str | None:
 
 def make_shards(root: str, records: int) -> None:
     from shards.tiny import tiny_dataset
+    from trainer.config import load_run_config
 
     tiny_dataset(
         root,
-        tasks=tuple(dict.fromkeys(_word(words, "task") for _, words in TRAIN_RUNS)),  # what it trains
+        tasks=tuple(dict.fromkeys(load_run_config(words).task for _, words in TRAIN_RUNS)),  # what it trains
         records=records,
         records_per_shard=32,
         image_size=256,
@@ -294,8 +290,10 @@ def train_row(name: str, words: list[str], root: str, ranks: int, loader: str, s
     check = f"train {name}, {loader}"
     with UtilSampler(ranks) as util:
         run_logged(train_command(words, root, runs, ranks, loader, s), f"{check}-{ranks}", s)
-    task, model = _word(words, "task"), _word(words, "model")
-    metrics = json.loads((Path(runs) / task / model / "0" / "metrics.json").read_text())
+    from trainer.config import load_run_config
+
+    run_dir = load_run_config([*words, f"train.runs_dir={runs}"]).run_dir()  # the trainer's rule
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     t = metrics["throughput"]
     return row(check, ranks, t["samples_per_s_per_rank"], "samples/s/GPU", t["data_share"], util.mean)
 
