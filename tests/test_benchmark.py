@@ -79,6 +79,24 @@ def test_fusion_trials_wait_for_the_selected_unimodal_runs_of_their_seed(tmp_pat
     assert "train.seed=1" in words and "optim.lr=0.001" in words
 
 
+def test_the_runs_most_fusion_trials_wait_for_start_first():
+    cfg = bm.BenchmarkConfig(shards="/shards", tasks=["ihm", "pheno", "radiology"])
+    p = bm.Protocol(cfg, preset(model_args={"early": ["model.cxr_pretrain_task=radiology"]}), [])
+    order = [(t.task, t.model) for t in p.start_order()]
+    # radiology's uni_cxr feeds early on all three tasks; each task's uni_ehr only its own early
+    assert order[0] == ("radiology", "uni_cxr")
+    assert order.index(("radiology", "uni_ehr")) > order.index(("ihm", "uni_ehr"))
+    waited_for = {
+        ("radiology", "uni_cxr"),
+        ("ihm", "uni_ehr"),
+        ("pheno", "uni_ehr"),
+        ("radiology", "uni_ehr"),
+    }
+    first = order[: len([o for o in order if o in waited_for])]
+    assert set(first) == waited_for  # the unimodal runs nothing waits for come after
+    assert len(order) == len(p.pending) and p.pending[0].task == "ihm"  # an order, not a new plan
+
+
 def test_a_plan_missing_a_needed_unimodal_run_is_refused():
     cfg = bm.BenchmarkConfig(shards="/shards", tasks=["ihm"], models=["uni_ehr", "early"])
     with pytest.raises(typed.ConfigError, match="early on ihm starts from uni_cxr on ihm"):
@@ -237,6 +255,20 @@ def test_every_shipped_preset_plans_all_tasks(name):
     assert {t.task for t in protocol.pending} == set(bm.TASK_NAMES)
     for words in [p.train, *p.task_train.values(), *p.model_args.values()]:
         assert all("=" in w for w in words)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "benchmark").glob("*.yaml")))
+def test_every_shipped_preset_gives_each_model_a_config_it_can_run(name):
+    from trainer.config import load_run_config
+    from trainer.models import model_class
+
+    p = bm.load_preset(name)
+    for task in bm.TASK_NAMES:
+        for model in p.models:
+            words = [f"task={task}", f"model={model}", *p.train, *p.task_train.get(task, [])]
+            cfg = load_run_config(words + p.model_args.get(model, []))
+            if cfg.spec.mode(cfg.train.hourly_mode) == "sequence":  # else every trial would fail
+                assert model_class(model).causal, f"{name}: {model} on {task} in sequence mode"
 
 
 def test_reliability_bins_and_figures_from_run_predictions(tmp_path):

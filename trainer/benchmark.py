@@ -31,7 +31,8 @@ Resumable: a trial whose run folder holds ``metrics.json`` of the same run ident
 (``trainer.identity``) is not run again; an unfinished one resumes from its last checkpoint (the
 trainer's own resume); an epoch selection whose ``selection.json`` is newer than its
 pretraining run's ``metrics.json`` (and of the same task) is not run again. Trials run side by
-side, ``parallel`` at a time (CPU processes; with GPUs, one per GPU). ``OUT/trials.parquet`` has
+side, ``parallel`` at a time (CPU processes; with GPUs, one per GPU), the runs that most others
+wait for first (``Protocol.start_order``). ``OUT/trials.parquet`` has
 one row per trial (task, model or SSL method, mode, features, run folder, learning rate, seed,
 validation and test metrics, status); ``OUT/logs/`` each trial's output; the reports
 (``scripts/report.py OUT``) are made from the table.
@@ -47,6 +48,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +278,12 @@ class Protocol:
         self.pending: list[Trial] = []
         self.selected: dict[tuple[str, ...], Trial] = {}
         self.check_plan()
+        self.dependents = Counter(
+            (src_task, src_model)
+            for task in self.tasks
+            for model in self.models
+            for _field, src_task, src_model in upstream(preset, task, model).values()
+        )
         if self.ssl is not None:  # the long pole first: pretraining, then what waits for it
             for method in self.ssl.methods:
                 self.pending += pretrain_trials(self.ssl, method)
@@ -322,6 +330,20 @@ class Protocol:
             raise typed.ConfigError(f"ssl.features: {ssl.features} must be some of {list(FEATURE_SETS)}")
         if ssl.pretrain_trials < 1:
             raise typed.ConfigError("ssl.pretrain_trials must be >= 1 (or ssl.methods: [] for no SSL rows)")
+
+    def start_order(self) -> list[Trial]:
+        """Pending trials in the order to start them: SSL pretraining and its epoch selection,
+        then the unimodal runs that most fusion runs wait for (radiology's uni_cxr feeds early
+        and MedFuse on every task), then the rest as queued. Starting the long poles first
+        keeps every slot busy to the end instead of leaving one trial running alone."""
+
+        def rank(trial: Trial) -> tuple[int, int]:
+            if trial.mode in (PRETRAIN, SELECT):
+                return (0, 0)
+            waiting = self.dependents[(trial.task, trial.model)] if trial.mode == SUPERVISED else 0
+            return (1, -waiting) if waiting else (2, 0)
+
+        return sorted(self.pending, key=rank)
 
     def search_size(self, trial: Trial) -> int:
         if trial.mode == PRETRAIN:
@@ -668,7 +690,7 @@ def execute(protocol: Protocol) -> int:
     free = list(range(width))
     with ThreadPoolExecutor(max_workers=width) as pool:
         while protocol.pending or running:
-            for trial in list(protocol.pending):
+            for trial in protocol.start_order():
                 if not free:
                     break
                 reason = protocol.blocked_by(trial)
