@@ -333,9 +333,10 @@ class Protocol:
 
     def start_order(self) -> list[Trial]:
         """Pending trials in the order to start them: SSL pretraining and its epoch selection,
-        then the unimodal runs that most fusion runs wait for (radiology's uni_cxr feeds early
-        and MedFuse on every task), then the rest as queued. Starting the long poles first
-        keeps every slot busy to the end instead of leaving one trial running alone."""
+        then the unimodal runs that most fusion runs wait for (in the shipped presets
+        radiology's uni_cxr feeds early and MedFuse on every task), then the rest as queued, so
+        that what waits on a run can start sooner. Ties keep queue order: trial lengths are not
+        known in advance."""
 
         def rank(trial: Trial) -> tuple[int, int]:
             if trial.mode in (PRETRAIN, SELECT):
