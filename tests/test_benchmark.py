@@ -263,9 +263,10 @@ def test_every_shipped_preset_gives_each_model_a_config_it_can_run(name):
     from trainer.models import model_class
 
     p = bm.load_preset(name)
+    protocol = bm.Protocol(bm.BenchmarkConfig(shards="/shards"), p, [])
     for task in bm.TASK_NAMES:
         for model in p.models:
-            words = [f"task={task}", f"model={model}", *p.train, *p.task_train.get(task, [])]
+            words = [f"task={task}", f"model={model}", *protocol.common_words(task)]
             cfg = load_run_config(words + p.model_args.get(model, []))
             if cfg.spec.mode(cfg.train.hourly_mode) == "sequence":  # else every trial would fail
                 assert model_class(model).causal, f"{name}: {model} on {task} in sequence mode"
