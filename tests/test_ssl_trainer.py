@@ -85,7 +85,7 @@ def test_pretraining_run_keeps_every_epoch_and_selects_by_val_loss(shard_root, t
     kept = [ckpt.load(folder / f"epoch_{e:04d}.pt", full=False) for e in (1, 2)]
     assert [k["step"] for k in kept] == [2, 4] and "optimizer" not in kept[0]  # weights, not resume state
     assert kept[0]["model_name"] == "align" and "objective.log_tau" in kept[0]["model"]
-    best = ckpt.load(folder / "best.pt")
+    best = ckpt.load(folder / "best.pt", full=False)
     assert best["round"] == 1 + losses.index(min(losses))
 
 
@@ -208,7 +208,7 @@ def test_probe_trains_on_cached_features_and_scores_like_the_frozen_encoders(
     assert train_cache["features"].shape == (RECORDS, 8 + 512)  # every sample, images or not
     model = runtime.build_model(cfg)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 8 + 512 + 1
-    model.load_state_dict(ckpt.load(run_dir / "checkpoints" / "best.pt")["model"])
+    model.load_state_dict(ckpt.load(run_dir / "checkpoints" / "best.pt", full=False)["model"])
     pred = scoring.predict(model, build_data(cfg, CPU).eval_iter("test"), cfg.spec, "sample", CPU.device)
     written = pd.read_parquet(run_dir / "predictions.parquet").set_index("sample_id")["score"]
     assert sorted(written.index) == sorted(pred.sample_ids)
@@ -248,7 +248,7 @@ def test_finetune_trains_the_encoders_without_projection_heads(shard_root, pretr
     )
     train.run(cfg, CPU)
     tuned = ckpt.load(tmp_path / "ihm" / "ssl_finetune" / "0" / "checkpoints" / "last.pt")["model"]
-    start = ckpt.load(pretrained / "checkpoints" / "best.pt")["model"]
+    start = ckpt.load(pretrained / "checkpoints" / "best.pt", full=False)["model"]
     assert not any(k.startswith(("ehr_head", "cxr_head")) for k in tuned)
     assert not torch.equal(
         tuned["ehr_encoder.layers.0.weight_ih_l0"], start["ehr_encoder.layers.0.weight_ih_l0"]

@@ -7,6 +7,8 @@ A checkpoint is one ``torch.save`` dict (format agreed with ``trainer.models``):
      "data": {"epoch": int, "batch": int}, "rng": [per-rank RNG states],
      "best": {...}, "history": [...], "config": resolved run config, "task": str}
 
+(``best.pt`` and kept epochs leave out what only a resume needs: see ``Checkpointer``.)
+
 Written to a temporary file in the same folder, flushed and fsync'ed, then ``os.replace``d over
 the final name (atomic on POSIX), and the folder fsync'ed so the rename itself is durable.
 Read back with ``weights_only=True`` (:func:`safe_load`): tensors, plain containers and the

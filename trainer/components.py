@@ -173,8 +173,10 @@ class Checkpointer:
     """A run's ``checkpoints/`` folder: ``last.pt`` after every round (and every
     ``train.ckpt_every`` steps), ``best.pt`` when validation improved, ``last.pt`` read back on
     resume; with ``keep`` also ``<keep>.pt`` (SSL pretraining keeps every epoch's weights for
-    model selection: model keys only, the resume state is in ``last.pt``). Files are written
-    atomically by ``trainer.checkpoint``; every rank adds its RNG state.
+    model selection: model keys only). Only ``last.pt`` holds the resume state (optimizer,
+    scheduler, RNG): with Adam that is twice the weights' size, and every other file is only
+    ever read for its weights. Files are written atomically by ``trainer.checkpoint``; every
+    rank adds its RNG state.
     """
 
     FOLDER, LAST, BEST = "checkpoints", "last.pt", "best.pt"
@@ -189,6 +191,7 @@ class Checkpointer:
         "round",
         "history",
     )
+    RESUME_ONLY_KEYS = ("optimizer", "scheduler", "rng")
 
     def __init__(self, run_dir: Path, ctx: DistContext, resume: bool) -> None:
         self.folder, self.ctx, self.resume = run_dir / self.FOLDER, ctx, resume
@@ -220,7 +223,8 @@ class Checkpointer:
             full["rng"] = rngs
             ckpt.save_atomic(full, self.last)
             if best:
-                ckpt.save_atomic(full, self.best)
+                weights = {k: v for k, v in full.items() if k not in self.RESUME_ONLY_KEYS}
+                ckpt.save_atomic(weights, self.best)
             if keep:
                 kept = {k: full[k] for k in self.KEPT_KEYS if k in full}
                 ckpt.save_atomic(kept, self.folder / f"{keep}.pt")
