@@ -234,6 +234,25 @@ def test_vit_option(name):
         model(dict(batch, image=batch["image"][..., :32, :32]))
 
 
+@pytest.mark.parametrize("name", SUPERVISED)
+def test_resnet18_option_builds_every_model_with_a_cxr_encoder(name):
+    """The quick preset's smaller CXR encoder: the same 512-d output and stage widths, so every
+    model (MMTM and DAFT reach into its stages) trains with it unchanged."""
+    task = task_spec("pheno")
+    paper = build(name, task)
+    if not hasattr(paper, "cxr_encoder"):
+        pytest.skip(f"{name} has no CXR encoder")
+    model = build(name, task, cxr_encoder="resnet18")
+    blocks = [len(m.cxr_encoder.backbone.layer3) for m in (paper, model)]
+    assert blocks == [6, 2]  # ResNet-34's third stage has 6 blocks, ResNet-18's 2
+    batch = make_batch(task)
+    out = model(batch)
+    logits = out if isinstance(out, torch.Tensor) else out["fused"]
+    loss_of(logits, batch, task).backward()
+    trained = [p.grad for p in model.cxr_encoder.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in trained)
+
+
 def test_frozen_encoders_stay_in_eval_mode():
     model = build("early", task_spec("ihm")).train()
     assert not model.cxr_encoder.training and not model.ehr_encoder.training

@@ -69,7 +69,7 @@ def cxr_resnet(model: nn.Module) -> ResNetEncoder:
     name = getattr(model, "name", type(model).__name__)
     if any(n.endswith("cxr_encoder") for n, _ in model.named_modules()):
         raise GradCAMError(
-            f"model {name!r} has a ViT CXR encoder; Grad-CAM here needs model.cxr_encoder=resnet34"
+            f"model {name!r} has a ViT CXR encoder; Grad-CAM here needs model.cxr_encoder=resnet34 or resnet18"
         )
     raise GradCAMError(f"model {name!r} has no CXR encoder to explain")
 

@@ -20,7 +20,7 @@ from trainer.models.config import EncoderConfig
 log = logging.getLogger(__name__)
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
-RESNET34_CHANNELS = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+RESNET_CHANNELS = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
 
 
 class LSTMEncoder(nn.Module):
@@ -93,11 +93,14 @@ def _load_local_weights(net: nn.Module, path: str, skip_prefix: str) -> None:
 
 
 class ResNetEncoder(nn.Module):
-    """torchvision ResNet-34 without fc (512-d); stages callable one by one for MMTM / DAFT."""
+    """torchvision ResNet-34 (the paper's) or ResNet-18 without fc (512-d either way: the same
+    stage widths); stages callable one by one for MMTM / DAFT."""
 
-    def __init__(self, weights: str | None = None):
+    ARCHITECTURES = {"resnet34": torchvision.models.resnet34, "resnet18": torchvision.models.resnet18}
+
+    def __init__(self, weights: str | None = None, architecture: str = "resnet34"):
         super().__init__()
-        net = torchvision.models.resnet34(weights=None)
+        net = self.ARCHITECTURES[architecture](weights=None)
         if weights:
             _load_local_weights(net, weights, skip_prefix="fc.")
         net.fc = nn.Identity()
@@ -160,6 +163,6 @@ def build_ehr_encoder(cfg: EncoderConfig) -> nn.Module:
 
 
 def build_cxr_encoder(cfg: EncoderConfig) -> nn.Module:
-    if cfg.cxr_encoder == "resnet34":
-        return ResNetEncoder(cfg.cxr_weights)
+    if cfg.cxr_encoder in ResNetEncoder.ARCHITECTURES:
+        return ResNetEncoder(cfg.cxr_weights, cfg.cxr_encoder)
     return ViTEncoder(cfg)

@@ -29,7 +29,7 @@ from trainer.models.base import (
     window_mean,
 )
 from trainer.models.config import DAFTConfig, EncoderConfig, MMTMConfig
-from trainer.models.encoders import RESNET34_CHANNELS, RESNET_STAGES
+from trainer.models.encoders import RESNET_CHANNELS, RESNET_STAGES
 from trainer.models.pretrained import Checkpoints
 from trainer.models.registry import register_model
 from trainer.tasks import TaskSpec
@@ -119,11 +119,11 @@ class MMTM(LayerwiseFusion):
 
     def __init__(self, cfg: MMTMConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
         super().__init__(cfg, task)
-        if cfg.cxr_encoder != "resnet34":
-            raise ConfigError("mmtm inserts into ResNet stages: needs cxr_encoder=resnet34")
+        if not cfg.cxr_encoder.startswith("resnet"):
+            raise ConfigError("mmtm inserts into ResNet stages: needs cxr_encoder=resnet34 or resnet18")
         if self.causal and cfg.mmtm_stage != "layer4":
             raise ConfigError("mmtm with ehr_pool=running needs mmtm_stage=layer4")
-        hidden, channels = self.ehr_encoder.out_dim, RESNET34_CHANNELS[cfg.mmtm_stage]
+        hidden, channels = self.ehr_encoder.out_dim, RESNET_CHANNELS[cfg.mmtm_stage]
         width = hidden + channels
         self.squeeze = nn.Linear(width, int(2 * width / cfg.mmtm_ratio))
         self.gate_ehr = nn.Linear(self.squeeze.out_features, hidden)
