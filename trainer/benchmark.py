@@ -3,7 +3,7 @@ rows (pretraining, epoch selection, linear probe and fine-tune), resumable, in o
 every trial recorded in a table the reports are made from.
 
     python -m trainer.benchmark shards=DIR out=results [preset=quick|paper] [tasks=ihm,pheno]
-        [models=uni_ehr,uni_cxr,early] [parallel=2] [ssl=false] [-- TRAINER WORDS...]
+        [models=uni_ehr,uni_cxr,early] [parallel=2] [ssl=false] [keep_last=true] [-- TRAINER WORDS...]
 
 For each task x model (``conf/benchmark/<preset>.yaml``): ``trials`` runs at learning rates drawn
 from the preset's range (seed 0; the draw is seeded by task, model and trial, so a rerun asks for
@@ -35,7 +35,10 @@ side, ``parallel`` at a time (CPU processes; with GPUs, one per GPU), the runs t
 wait for first (``Protocol.start_order``). ``OUT/trials.parquet`` has
 one row per trial (task, model or SSL method, mode, features, run folder, learning rate, seed,
 validation and test metrics, status); ``OUT/logs/`` each trial's output; the reports
-(``scripts/report.py OUT``) are made from the table.
+(``scripts/report.py OUT``) are made from the table. A finished trial keeps ``best.pt`` (what
+fusion models, probes, rescoring and Grad-CAM read) and loses ``last.pt``, its resume state
+(with Adam three times ``best.pt``'s size; nothing here reads it once ``metrics.json`` is
+there); ``keep_last=true`` keeps it.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class BenchmarkConfig:
     parallel: int = 1
     gpus: int = 0  # > 0: one trial per GPU (CUDA_VISIBLE_DEVICES), parallel = gpus
     ssl: bool = True  # false: leave out the preset's SSL rows
+    keep_last: bool = False  # keep a finished trial's checkpoints/last.pt (to extend it by hand)
 
 
 @dataclass(frozen=True)
@@ -720,11 +724,28 @@ def execute(protocol: Protocol) -> int:
                 trial, slot = running.pop(fut)
                 free.append(slot)
                 outcome = fut.result()
+                if outcome.status == "done" and not protocol.cfg.keep_last:
+                    drop_resume_state(Path(outcome.run_dir))
                 protocol.record(outcome)
                 log_outcome(outcome, len(protocol.outcomes), len(protocol.pending) + len(running))
             write_trials(protocol, out)
     write_trials(protocol, out)
     return sum(o.status in ("failed", "blocked") for o in protocol.outcomes.values())
+
+
+def drop_resume_state(run_dir: Path) -> int:
+    """Remove a finished run's ``last.pt`` when its ``best.pt`` is there; returns the bytes
+    freed. A rerun reuses the run by its ``metrics.json`` and ``run.json``, and everything
+    downstream reads ``best.pt`` (or an SSL run's kept epochs), so only the resume state goes."""
+    from trainer.components import Checkpointer
+
+    folder = run_dir / Checkpointer.FOLDER
+    last = folder / Checkpointer.LAST
+    if not (last.is_file() and (folder / Checkpointer.BEST).is_file()):
+        return 0
+    size = last.stat().st_size
+    last.unlink()
+    return size
 
 
 def log_outcome(o: Outcome, finished: int, left: int) -> None:
