@@ -155,6 +155,10 @@ def test_tables_average_the_seed_runs_and_compare_best_multimodal_to_best_unimod
     gain = tables["table11_gain"][1].set_index(["task", "metric"])
     assert gain.loc[("ihm", "AUROC"), "relative gain %"] == "+14.3"  # (0.8 - 0.7) / 0.7
     assert gain.loc[("los", "MAD (h)"), "relative gain %"] == "+20.0"  # 100 h -> 80 h, lower is better
+    constant = trials_frame()
+    constant.loc[constant.task == "los", "test_kappa"] = [0.0, 0.1]  # uni_ehr predicts one bucket
+    gain = report.build_tables(constant, timing=False)["table11_gain"][1].set_index(["task", "metric"])
+    assert gain.loc[("los", "Kappa"), "relative gain %"] == "—"  # no ratio to a zero baseline
     (tmp_path / "res").mkdir()
     trials_frame().to_parquet(tmp_path / "res" / "trials.parquet")
     paths = report.write_reports(tmp_path / "res", timing=False)
@@ -164,6 +168,28 @@ def test_tables_average_the_seed_runs_and_compare_best_multimodal_to_best_unimod
         "medfuse", "ihm AUPRC"
     ] == ("0.400 ± 0.035 (2)")
     assert paths[0].name == "README.md" and "relative gain" in paths[0].read_text()
+
+
+def test_table8_counts_each_model_as_its_ihm_run_built_it(tmp_path):
+    import yaml
+
+    from conf.tasks import task_spec
+    from trainer.models import create_model
+    from trainer.models.timing import trainable_parameters
+
+    frame = trials_frame()
+    for model, resolved in (("uni_ehr", {}), ("uni_cxr", {"cxr_encoder": "resnet18"})):
+        run = tmp_path / model
+        run.mkdir()
+        (run / "config.yaml").write_text(
+            yaml.safe_dump({"task": "ihm", "model": {"name": model, "resolved": resolved}})
+        )
+        frame.loc[(frame.model == model) & (frame.seed == 0), "run_dir"] = str(run)
+    table = report.build_tables(frame, timing=False)["table8_cost"][1].set_index("model")
+    built = create_model("uni_cxr", {"cxr_encoder": "resnet18"}, task_spec("ihm"))
+    assert table.loc["uni_cxr", "trainable (M)"] == f"{trainable_parameters(built) / 1e6:.3f}"
+    assert table.loc["uni_cxr", "CXR encoder"] == "resnet18" and table.loc["uni_ehr", "CXR encoder"] == "—"
+    assert table.loc["medfuse", "trainable (M)"] == "—"  # no run folder left: nothing to count
 
 
 def test_bad_benchmark_commands_are_one_error_line(tmp_path):
@@ -184,6 +210,18 @@ def test_bad_benchmark_commands_are_one_error_line(tmp_path):
         [sys.executable, "scripts/report.py", str(tmp_path)], cwd=REPO, capture_output=True, text=True
     )
     assert missing.returncode == 2 and "trials.parquet not found" in missing.stderr
+
+
+def test_a_finished_run_loses_only_its_resume_state(tmp_path):
+    both, only_last = tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints"
+    for folder in (both, only_last):
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(b"x" * 300)
+    (both / "best.pt").write_bytes(b"x" * 100)
+    assert bm.drop_resume_state(both.parent) == 300 and sorted(p.name for p in both.iterdir()) == ["best.pt"]
+    assert bm.drop_resume_state(only_last.parent) == 0  # the only weights there: scoring reads them
+    assert (only_last / "last.pt").is_file()
+    assert bm.drop_resume_state(tmp_path / "late-fusion-run") == 0  # no checkpoints folder at all
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -231,6 +269,10 @@ def test_benchmark_killed_midway_resumes_and_a_lost_run_is_redone(tmp_path):
     assert len(trials) == 2 + 1 + 2 + 1 + 1 + 1 and set(trials.status) <= {"done", "reused"}
     assert "reused" in set(trials.status)  # what finished before the kill was not trained again
     assert trials.selected.sum() == 6  # per model: the search winner and seed 1
+    trained = sorted((out / "runs" / "ihm").glob("uni_*/*/*/checkpoints"))
+    assert len(trained) == 6  # 2 models x (2 search trials + seed 1)
+    for folder in trained:  # a finished trial keeps its weights, not its resume state
+        assert (folder / "best.pt").is_file() and not (folder / "last.pt").exists(), folder
     table = (out / "tables" / "table3.md").read_text()
     for model in ("uni_ehr", "uni_cxr", "late"):
         assert any(line.startswith(f"| {model} |") and "(2)" in line for line in table.splitlines())

@@ -7,9 +7,10 @@ in the paper's layout, mean +/- std over the seed runs of each task x model.
   (AUROC / AUPRC; LOS: kappa / MAD in hours);
 - ``table10_ece``: expected calibration error (Table 10);
 - ``table11_gain``: relative gain of the best multimodal model over the best unimodal one, per
-  task and metric (Table 11; for MAD, lower is better, so the gain is the relative reduction);
+  task and metric (Table 11; for MAD, lower is better, so the gain is the relative reduction;
+  none against a unimodal value of 0);
 - ``table8_cost``: trainable parameters (each model as its IHM run built it; the paper's count
-  beside it), forward time per batch of 16 (median CPU seconds on this machine, one thread,
+  and the CXR encoder beside it), forward time per batch of 16 (median CPU seconds on this machine, one thread,
   IHM-shaped random inputs: 48 hours, 224 px) and IHM AUROC (Table 8);
 - ``selection``: each task x model's search: trials, the selected learning rate and its
   validation metric, the run folders behind every cell;
@@ -137,14 +138,16 @@ def gain_table(runs: pd.DataFrame, models: list[str], tasks: list[str]) -> pd.Da
             pick = min if metric in LOWER_IS_BETTER else max
             best_uni, best_multi = pick(uni, key=uni.get), pick(multi, key=multi.get)
             u, v = uni[best_uni], multi[best_multi]
-            gain = (u - v) / u if metric in LOWER_IS_BETTER else (v - u) / u
+            better_by = u - v if metric in LOWER_IS_BETTER else v - u
+            gain = better_by / abs(u) if u else math.nan
             rows.append(
                 {
                     "task": task,
                     "metric": LABELS.get(metric, metric),
                     "best unimodal": f"{best_uni} {u:.3f}",
                     "best multimodal": f"{best_multi} {v:.3f}",
-                    "relative gain %": f"{100 * gain:+.1f}",
+                    # a unimodal baseline at 0 (kappa of a constant prediction): no relative gain
+                    "relative gain %": "—" if math.isnan(gain) else f"{100 * gain:+.1f}",
                 }
             )
     return pd.DataFrame(rows)
@@ -280,6 +283,13 @@ def run_model(run_dir: str | Path) -> tuple[Any, str]:
     return create_model(name, model_config(name, resolved), task_spec(cfg["task"])), name
 
 
+def cxr_encoder_name(net: Any) -> str:
+    """The CXR encoder a model was built with (the paper counts ResNet-34's parameters; the quick
+    preset builds ResNet-18), or "—" for a model without one."""
+    config = getattr(net, "config", None)
+    return getattr(config, "cxr_encoder", "—") if hasattr(net, "cxr_encoder") else "—"
+
+
 def cost_table(runs: pd.DataFrame, models: list[str], timing: bool) -> pd.DataFrame:
     """Table 8 from the IHM seed-0 runs: trainable parameters, inference time, IHM AUROC."""
     import statistics
@@ -299,10 +309,11 @@ def cost_table(runs: pd.DataFrame, models: list[str], timing: bool) -> pd.DataFr
             first = ihm[(ihm.model == model) & (ihm.seed == 0)]
             if first.empty:
                 continue
-            params = seconds = "—"
+            params = seconds = encoder = "—"
             if (Path(first.iloc[0].run_dir) / "config.yaml").is_file():
                 net, _ = run_model(first.iloc[0].run_dir)
                 params = f"{trainable_parameters(net) / 1e6:.3f}"
+                encoder = cxr_encoder_name(net)
                 if batch is not None:
                     seconds = f"{statistics.median(time_forward(net, batch, warmup=1, repeats=3)[1]):.3f}"
             paper = PAPER_MILLIONS.get(model)
@@ -311,6 +322,7 @@ def cost_table(runs: pd.DataFrame, models: list[str], timing: bool) -> pd.DataFr
                     "model": model,
                     "trainable (M)": params,
                     "paper (M)": "—" if paper is None else f"{paper:.2f}",
+                    "CXR encoder": encoder,
                     "CPU s / batch of 16": seconds,
                     "IHM AUROC": cell(*test_summary(ihm, "ihm", model, "auroc")),
                 }
