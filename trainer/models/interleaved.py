@@ -29,7 +29,7 @@ from trainer.models.base import (
     window_mean,
 )
 from trainer.models.config import DAFTConfig, EncoderConfig, MMTMConfig
-from trainer.models.encoders import RESNET_CHANNELS, RESNET_STAGES
+from trainer.models.encoders import RESNET_CHANNELS, RESNET_STAGES, ResNetEncoder
 from trainer.models.pretrained import Checkpoints
 from trainer.models.registry import register_model
 from trainer.tasks import TaskSpec
@@ -119,8 +119,9 @@ class MMTM(LayerwiseFusion):
 
     def __init__(self, cfg: MMTMConfig, task: TaskSpec, checkpoints: Checkpoints | None = None):
         super().__init__(cfg, task)
-        if not cfg.cxr_encoder.startswith("resnet"):
-            raise ConfigError("mmtm inserts into ResNet stages: needs cxr_encoder=resnet34 or resnet18")
+        if cfg.cxr_encoder not in ResNetEncoder.ARCHITECTURES:
+            names = " or ".join(ResNetEncoder.ARCHITECTURES)
+            raise ConfigError(f"mmtm inserts into ResNet stages: needs cxr_encoder={names}")
         if self.causal and cfg.mmtm_stage != "layer4":
             raise ConfigError("mmtm with ehr_pool=running needs mmtm_stage=layer4")
         hidden, channels = self.ehr_encoder.out_dim, RESNET_CHANNELS[cfg.mmtm_stage]
