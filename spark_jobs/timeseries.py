@@ -275,34 +275,57 @@ def _window_matrix(hours: np.ndarray, chan: np.ndarray, value: np.ndarray, end: 
     return x
 
 
-def _discretize_group(events: pd.DataFrame, windows: pd.DataFrame, lay: _Layout) -> pd.DataFrame:
-    """One stay: its usable events and its windows (``__key``, ``end_hours``) -> long rows."""
+def _discretize_stays(events: pd.DataFrame, windows: pd.DataFrame, lay: _Layout) -> pd.DataFrame:
+    """The stays of one bucket: their usable events and their windows (``__key``, ``stay_id``,
+    ``end_hours``) -> long rows (``__key``, ``bin``, one float column per feature)."""
     import pandas as pd
 
     out_keys: list[Any] = []
     out_bins: list[np.ndarray] = []
     out_x: list[np.ndarray] = []
     if len(windows):
+        # -1 stands for a null stay id (never one in silver): such rows then still pair up.
+        stay = events["stay_id"].fillna(-1).to_numpy(dtype=np.int64)
         hours = events["hours"].to_numpy(dtype=np.float64)
         chan = events["__ch"].to_numpy(dtype=np.int64)
         code = events["__code"].to_numpy(dtype=np.float64)
         val = events["__val"].to_numpy(dtype=np.float64)
         itemid = events["__tb"].to_numpy(dtype=np.float64)
         value = np.where(code >= 0, code, val)
-        order = np.lexsort((value, itemid, hours))  # primary key last: hours, itemid, value
-        hours, chan, value = hours[order], chan[order], value[order]
-        for key, end in zip(windows["__key"].tolist(), windows["end_hours"].tolist(), strict=True):
-            x = _window_matrix(hours, chan, value, float(end) if end is not None else float("nan"), lay)
+        # By stay, then the discretizer's order within one: hours, itemid, value (primary last).
+        order = np.lexsort((value, itemid, hours, stay))
+        stay, hours, chan, value = stay[order], hours[order], chan[order], value[order]
+        window_stays = windows["stay_id"].fillna(-1).to_numpy(dtype=np.int64)
+        first = np.searchsorted(stay, window_stays, side="left")
+        last = np.searchsorted(stay, window_stays, side="right")
+        for key, end, lo, hi in zip(
+            windows["__key"].tolist(), windows["end_hours"].tolist(), first, last, strict=True
+        ):
+            span = slice(lo, hi)
+            end = float(end) if end is not None else float("nan")
+            x = _window_matrix(hours[span], chan[span], value[span], end, lay)
             if len(x):
                 out_keys += [key] * len(x)
                 out_bins.append(np.arange(len(x), dtype=np.int32))
-                out_x += list(x)
+                out_x.append(x)
     bins = np.concatenate(out_bins) if out_bins else np.zeros(0, dtype=np.int32)
+    matrix = np.concatenate(out_x) if out_x else np.zeros((0, lay.n_columns), dtype=np.float32)
     key_series = pd.Series(out_keys, dtype=windows["__key"].dtype if len(out_keys) else object)
-    return pd.DataFrame({"__key": key_series, "bin": bins, "x": pd.Series(out_x, dtype=object)})
+    # One float column per feature, not an array per row: PySpark converts an array column of a
+    # pandas result element by element in Python, while flat columns cross as Arrow buffers; the
+    # JVM packs them into ``x`` (see _discretize).
+    columns = pd.DataFrame(matrix, columns=_feature_columns(lay.n_columns), copy=False)
+    return pd.concat([pd.DataFrame({"__key": key_series, "bin": bins}), columns], axis=1)
+
+
+def _feature_columns(n_columns: int) -> list[str]:
+    return [f"__x{i}" for i in range(n_columns)]
 
 
 # ---------------------------------------------------------------- public transforms
+
+_BUCKET = "__bucket"
+_MIN_BUCKETS = 256
 
 
 def _usable_events(events: DataFrame, ch: Channels) -> DataFrame:
@@ -324,15 +347,24 @@ def _discretize(events: DataFrame, windows: DataFrame, key_type: str, cfg: Times
     """``windows``: ``__key, stay_id, end_hours`` -> ``__key, bin, x``."""
     from functools import partial
 
+    from pyspark.sql import functions as F
+
     ch = channels(cfg.channels_path)
     lay = _Layout.of(ch, cfg.timestep)
     usable = _usable_events(events, ch)
-    schema = f"__key {key_type}, bin int, x array<float>"
-    return (
-        usable.groupBy("stay_id")
-        .cogroup(windows.select("__key", "stay_id", "end_hours").groupBy("stay_id"))
-        .applyInPandas(partial(_discretize_group, lay=lay), schema)
+    features = _feature_columns(lay.n_columns)
+    schema = ", ".join([f"__key {key_type}", "bin int", *[f"{c} float" for c in features]])
+    # Stays go to the pandas function by bucket, many at a time: a call per stay cost more in
+    # per-group conversions than the discretization itself.
+    buckets = max(_MIN_BUCKETS, 4 * int(events.sparkSession.conf.get("spark.sql.shuffle.partitions")))
+    bucket = F.pmod(F.xxhash64(F.col("stay_id").cast("long")), F.lit(buckets)).alias(_BUCKET)
+    flat = (
+        usable.select("*", bucket)
+        .groupBy(_BUCKET)
+        .cogroup(windows.select("__key", "stay_id", "end_hours", bucket).groupBy(_BUCKET))
+        .applyInPandas(partial(_discretize_stays, lay=lay), schema)
     )
+    return flat.select("__key", "bin", F.array(*features).alias("x"))
 
 
 def discretize(events: DataFrame, stays: DataFrame, cfg: TimeseriesConfig | None = None) -> DataFrame:

@@ -207,3 +207,31 @@ def test_matches_reference_on_random_stays(spark):
         assert got.shape == expected.reshape(-1, 76).shape
         np.testing.assert_array_equal(got, expected.reshape(-1, 76))
     assert sum(len(v) for v in by_stay.values()) > 100  # the comparison saw real data
+
+
+def test_many_stays_in_one_call_equal_one_stay_at_a_time(spark):
+    """The pandas function gets the stays of a bucket together (events in any order): each
+    window must come out as if its stay had been the only one."""
+    import pandas as pd
+
+    rng = random.Random(11)
+    config = ref.load_config()
+    stays = [(s, round(rng.uniform(0.5, 20.0), 2)) for s in range(20, 32)]
+    events = [e for s, los in stays for e in _random_events(rng, s, los, config)]
+    channels = ts.channels()
+    lay = ts._Layout.of(channels, 1.0)
+    usable = ts._usable_events(spark.createDataFrame(events, EVENTS), channels).toPandas()
+    usable = usable.sample(frac=1.0, random_state=3).reset_index(drop=True)  # no order to rely on
+    windows = pd.DataFrame(
+        [(f"w{s}-{i}", s, round(rng.uniform(0.0, los + 1), 2)) for s, los in stays for i in range(2)]
+        + [("no-events", 99, 5.0)],
+        columns=["__key", "stay_id", "end_hours"],
+    )
+    together = ts._discretize_stays(usable, windows, lay)
+    for stay, own in windows.groupby("stay_id"):
+        alone = ts._discretize_stays(usable[usable["stay_id"] == stay], own, lay)
+        mine = together[together["__key"].isin(own["__key"])].reset_index(drop=True)
+        assert len(alone) > 0 or own["end_hours"].max() < 1e-6
+        pd.testing.assert_frame_equal(mine, alone.reset_index(drop=True))
+    assert together["__key"].value_counts()["no-events"] == 5
+    assert set(together.columns) == {"__key", "bin", *[f"__x{i}" for i in range(lay.n_columns)]}
