@@ -487,6 +487,55 @@ def test_spread_single_gzip_same_rows_more_files(spark, tmp_path, monkeypatch):
     assert c["rows_in"] == c["kept"] + c["rejected"] + c["filtered_out"]
 
 
+def test_small_inputs_staged_in_memory_or_on_disk_alike(spark, tmp_path, monkeypatch):
+    """Small inputs are staged in Spark's cache, big ones in a staging Delta table: the route
+    changes nothing in bronze, the quarantine or the counts, and leaves nothing cached."""
+    from chispa import assert_df_equality
+
+    raw = tmp_path / "raw"
+    rng = random.Random(4)
+    pts = [
+        dict(
+            subject_id=rng.choice([str(i), "x"]),
+            gender="F",
+            anchor_age=rng.choice(["60", "?"]),
+            anchor_year="2150",
+        )
+        for i in range(300)
+    ]
+    write(raw / "hosp/patients.csv.gz", csv_text(V2["patients"].column_names, pts, extra_lines=("1,2",)))
+    stays = [
+        dict(
+            subject_id="1",
+            hadm_id=str(i),
+            stay_id=rng.choice([str(100 + i), ""]),
+            intime="2180-01-01 00:00:00",
+        )
+        for i in range(200)
+    ]
+    write(raw / "icu/icustays.csv.gz", csv_text(V2["icustays"].column_names, stays))
+    tables = ["patients", "icustays"]
+    cache = spark._jsparkSession.sharedState().cacheManager()
+    spark.catalog.clearCache()
+    runs = {}
+    for route, limit in (("memory", 1 << 30), ("disk", 0)):
+        monkeypatch.setattr(ingest.job, "_IN_MEMORY_MAX_BYTES", limit)
+        cfg = IngestConfig(raw=str(raw), cxr="", layout="v2", tables=tables)
+        runs[route] = ingest.run(spark, cfg, str(tmp_path / route))
+        assert not (tmp_path / route / "bronze/_staging").exists()
+    assert runs["memory"] == runs["disk"]
+    for name in tables:
+        c = runs["memory"][name]
+        assert c["rejected"] > 0 and c["rows_in"] == c["kept"] + c["rejected"]
+    for table in (*tables, "quarantine"):
+        assert_df_equality(
+            _bronze(spark, tmp_path / "memory", table),
+            _bronze(spark, tmp_path / "disk", table),
+            ignore_row_order=True,
+        )
+    assert cache.isEmpty()
+
+
 def test_spread_truncated_gzip_still_names_the_file(spark, tmp_path):
     table = V2["patients"]
     rows = [dict(subject_id=str(i), gender="F", anchor_age="50", anchor_year="2150") for i in range(5000)]

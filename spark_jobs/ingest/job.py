@@ -51,6 +51,9 @@ DEFAULT_TABLES = (
 # Inputs smaller than this stay in the partitions they were read in: spreading them costs more
 # than the parallelism saves.
 _SPREAD_MIN_BYTES = 8 << 20
+# Inputs smaller than this (compressed bytes) are staged in Spark's cache rather than in a staging
+# Delta table (see Plan.in_memory); MIMIC-IV's hosp tables but the events are all below it.
+_IN_MEMORY_MAX_BYTES = 64 << 20
 # Files of the staging table of a filtered events table read by a single task: the task cuts its
 # output (no shuffle), so that the bronze write and the later stages read it in parallel.
 STAGING_ROWS_PER_FILE = 1_000_000
@@ -147,7 +150,8 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Pla
     else:
         raw, rows_per_file = raw.repartition(partitions) if partitions > 1 else raw, 0
     staged, tally = tallied(stage_rows(raw, table))
-    return Plan(name, table, loc, size, staged, unused, rows_per_file, tally)
+    in_memory = not filtered and size < _IN_MEMORY_MAX_BYTES
+    return Plan(name, table, loc, size, staged, unused, rows_per_file, tally, in_memory)
 
 
 def _stage(
@@ -178,9 +182,10 @@ def run(
     Returns {table: {rows_in, kept, rejected, filtered_out}} with rows_in = kept + rejected +
     filtered_out (filtered_out: events of items outside ``cfg.itemids``), checked here against
     the rows read and written. Each raw input is read once: its rows, typed and tagged with
-    their reason (:func:`stage_rows`), go to a staging table ``bronze/_staging/<table>``; kept
-    rows, counts and quarantine are cheap columnar reads of that copy, which is deleted at the
-    end (also when the run fails). All inputs are located and their headers checked before the
+    their reason (:func:`stage_rows`), go to a staging table ``bronze/_staging/<table>`` (an
+    input under 64 MB: to Spark's cache, memory spilling to disk); kept rows, counts and
+    quarantine are cheap columnar reads of that copy, which is dropped at the end (also when
+    the run fails). All inputs are located and their headers checked before the
     first write, and all of them are read before the first bronze table is touched, so a
     damaged input leaves the whole bronze layer as it was. Each table is replaced atomically
     (Delta overwrite; the quarantine by ``replaceWhere`` on the tables of this run), so a re-run
@@ -190,7 +195,10 @@ def run(
     metadata = dict(metadata) if metadata is not None else default_metadata(cfg)
     needs_mimic = any(t not in CXR_TABLES for t in cfg.tables)
     layout = resolve_layout(spark, cfg.raw, cfg.layout) if needs_mimic else "v2"
-    plans = [_plan(spark, cfg, name, layout) for name in cfg.tables]
+    # Locating files and reading headers is driver-side waiting on the file system: all at once.
+    plans = in_parallel(
+        spark, [partial(_plan, spark, cfg, name, layout) for name in cfg.tables], len(cfg.tables)
+    )
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.
     by_size = sorted(plans, key=lambda p: -p.size)

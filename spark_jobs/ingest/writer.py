@@ -54,6 +54,9 @@ class Plan(NamedTuple):
     rows_per_file: int  # > 0: the staging write cuts its output into files of at most this many rows
     # Counts the staged rows, kept and rejected, as the staging write writes them.
     tally: Observation
+    # True: a small input, staged in Spark's cache (memory, spilling to disk) instead of a staging
+    # Delta table: a table write, its commit and a read back cost more than its rows.
+    in_memory: bool = False
 
 
 def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
@@ -106,7 +109,11 @@ def in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: 
 
 def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[str, Any]) -> None:
     """The one read of ``plan``'s raw files: every row typed and tagged (of a filtered events
-    table, the rows of the wanted items; the others only counted), to its staging path."""
+    table, the rows of the wanted items; the others only counted), to its staging path, or for
+    an ``in_memory`` plan into Spark's cache."""
+    if plan.in_memory:
+        _stage_in_memory(spark, plan)
+        return
     path = staging_path(out, plan.name)
     fs = HadoopFs(spark)
     fs.delete(path)  # left over by a killed run: start clean
@@ -121,8 +128,22 @@ def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[s
     log.info("ingest %s: raw files read and staged in %.1fs", plan.name, time.monotonic() - start)
 
 
-def _read_staged(spark: SparkSession, out: str, name: str) -> DataFrame:
-    return delta_io.read_table(spark, staging_path(out, name))
+def _stage_in_memory(spark: SparkSession, plan: Plan) -> None:
+    """Read ``plan``'s raw files once into the cache (an action that writes nothing), so that
+    its input problems surface here, before bronze is touched, like a staging write's."""
+    from pyspark import StorageLevel
+
+    start = time.monotonic()
+    plan.staged.persist(StorageLevel.MEMORY_AND_DISK)
+    with naming_files(plan.loc.files, what=f"reading table {plan.name} from", fs=HadoopFs(spark)):
+        plan.staged.write.format("noop").mode("overwrite").save()
+    log.info("ingest %s: raw files read and cached in %.1fs", plan.name, time.monotonic() - start)
+
+
+def _read_staged(spark: SparkSession, out: str, plan: Plan) -> DataFrame:
+    if plan.in_memory:
+        return plan.staged  # persisted by the staging step
+    return delta_io.read_table(spark, staging_path(out, plan.name))
 
 
 def count_staged(
@@ -151,7 +172,7 @@ def count_staged(
     by_reason: dict[str, dict[str, int]] = {p.name: {} for p in plans}
     if with_rejects:
         parts = [
-            _read_staged(spark, out, p.name)
+            _read_staged(spark, out, p)
             .where(F.col(REASON).isNotNull())
             .select(F.lit(p.name).alias("table"), REASON)
             for p in with_rejects
@@ -174,7 +195,7 @@ def write_bronze(
     the rows counted as kept (``rows_in = kept + rejected + filtered_out`` then holds for what
     is really in the table)."""
     start = time.monotonic()
-    kept = unstage(_read_staged(spark, out, plan.name), plan.table).kept
+    kept = unstage(_read_staged(spark, out, plan), plan.table).kept
     written = delta_io.write_table(kept, bronze_path(out, plan.name), dict(metadata))
     if written != expected["kept"]:
         raise IngestError(
@@ -194,7 +215,7 @@ def write_quarantine(
     again keeps the other tables' rejects."""
     # Tables without rejects add nothing (but stay in replaceWhere: their old rejects go).
     quarantine = reduce(
-        lambda acc, p: acc.unionByName(unstage(_read_staged(spark, out, p.name), p.table).rejected),
+        lambda acc, p: acc.unionByName(unstage(_read_staged(spark, out, p), p.table).rejected),
         [p for p in plans if counts[p.name]["rejected"]],
         empty_rejects(spark),
     )
@@ -205,5 +226,8 @@ def write_quarantine(
 def drop_staging(spark: SparkSession, plans: Sequence[Plan], out: str) -> None:
     fs = HadoopFs(spark)
     for p in plans:
-        fs.delete(staging_path(out, p.name))
+        if p.in_memory:
+            p.staged.unpersist()
+        else:
+            fs.delete(staging_path(out, p.name))
     fs.delete_if_empty(join(out, f"bronze/{STAGING}"))
