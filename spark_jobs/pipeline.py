@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial, reduce
+from typing import TYPE_CHECKING
 
 from conf import typed
 from conf.tasks import TASK_NAMES, task_spec, unknown_tasks
@@ -27,10 +29,14 @@ from spark_jobs.cohort import CohortConfig, build_stays
 from spark_jobs.cxr import CxrConfig, build_cxr
 from spark_jobs.events import EventsConfig, build_events
 from spark_jobs.normalizer import NormalizerConfig, build_normalizer
+from spark_jobs.parallel import in_parallel
 from spark_jobs.quality import Checked
 from spark_jobs.session import SparkConfig, build_spark
 from spark_jobs.tasks import TasksConfig, build_samples, first_event_hours, sample_windows
 from spark_jobs.timeseries import check_events, discretize, discretize_windows
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 log = logging.getLogger("medmod.etl")
 STAGES = ("ingest", "cohort", "events", "cxr", "timeseries", "tasks", "normalizer")
@@ -247,39 +253,51 @@ class Pipeline:
         self.write("tasks", "silver", "first_event", first, self.cfg.samples)
         first = delta_io.read_table(self.spark, first_path)
         n_stays = stays.count()
-        rejected_all = None
-        for task in self.cfg.tasks:
+
+        def one_task(task: str) -> tuple[DataFrame, list[StageReport]]:
             checked = build_samples(task, stays, first, cxr, self.cfg.samples)
             kept = self.write("tasks", "gold", f"samples_{task}", checked.kept, self.cfg.samples, ["split"])
-            rejected_all = (
-                checked.rejected if rejected_all is None else rejected_all.unionByName(checked.rejected)
-            )
-            self.report(StageReport("tasks", f"samples_{task}", n_stays, kept))
+            reports = [StageReport("tasks", f"samples_{task}", n_stays, kept)]
             if task_spec(task).windowed:
-                self.windows(task, events)
-        if rejected_all is not None:
+                reports.append(self.windows(task, events))
+            return checked.rejected, reports
+
+        # The tasks' tables are independent: written side by side (see spark_jobs.parallel).
+        done = in_parallel(
+            self.spark, [partial(one_task, t) for t in self.cfg.tasks], len(self.cfg.tasks), "tasks"
+        )
+        for _, reports in done:
+            for rep in reports:
+                self.report(rep)
+        if done:
+            rejected_all = reduce(lambda a, b: a.unionByName(b), [rejected for rejected, _ in done])
             by_stage = self.quarantine("tasks", "gold", rejected_all, self.cfg.samples)
             for rep in self.reports:
                 if rep.stage == "tasks":
                     rep.rejected = by_stage.get("tasks." + rep.table.removeprefix("samples_"), {})
 
-    def windows(self, task: str, events) -> None:
+    def windows(self, task: str, events) -> StageReport:
         """Gold ``windows_<task>``: the EHR matrix of every sample whose window ends between two
         bins (radiology: at the image time), discretized once here for the normalizer and the
         shards, which read it instead of discretizing again."""
         samples = self.read("gold", f"samples_{task}")
         rows = discretize_windows(events, sample_windows(samples), self.cfg.samples.timeseries())
         n = self.write("tasks", "gold", f"windows_{task}", rows, self.cfg.samples)
-        self.report(StageReport("tasks", f"windows_{task}", n, n))
+        return StageReport("tasks", f"windows_{task}", n, n)
 
     def normalizer(self) -> None:
         timeseries = self.read("silver", "timeseries")
-        for task in self.cfg.tasks:
+
+        def one_task(task: str) -> StageReport:
             samples = self.read("gold", f"samples_{task}")
             rows = self.read("gold", f"windows_{task}") if task_spec(task).windowed else timeseries
             stats = build_normalizer(task, samples, rows, self.cfg.normalizer)
             n = self.write("normalizer", "gold", f"normalizer_{task}", stats, self.cfg.normalizer)
-            self.report(StageReport("normalizer", f"normalizer_{task}", n, n))
+            return StageReport("normalizer", f"normalizer_{task}", n, n)
+
+        tasks = self.cfg.tasks
+        for rep in in_parallel(self.spark, [partial(one_task, t) for t in tasks], len(tasks), "normalizer"):
+            self.report(rep)
 
     # -- driver --------------------------------------------------------------------------------
     def run(self) -> list[StageReport]:

@@ -19,19 +19,20 @@ from spark_jobs.ingest.writer import (
     Plan,
     count_staged,
     drop_staging,
-    in_parallel,
     tallied,
     write_bronze,
     write_quarantine,
     write_staging,
 )
 from spark_jobs.mimic_schema import CXR_TABLES, RawTable, mimic_iv_tables
+from spark_jobs.parallel import in_parallel
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
+WHAT = "medmod bronze ingest"  # the Spark job description of the stage's jobs
 EVENT_TABLES = frozenset({"chartevents", "labevents"})
 # How the raw events csv is parsed: by Arrow inside the Spark task (local files), by Spark's csv
 # source, or Arrow where it can and Spark elsewhere.
@@ -197,14 +198,15 @@ def run(
     layout = resolve_layout(spark, cfg.raw, cfg.layout) if needs_mimic else "v2"
     # Locating files and reading headers is driver-side waiting on the file system: all at once.
     plans = in_parallel(
-        spark, [partial(_plan, spark, cfg, name, layout) for name in cfg.tables], len(cfg.tables)
+        spark, [partial(_plan, spark, cfg, name, layout) for name in cfg.tables], len(cfg.tables), WHAT
     )
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.
     by_size = sorted(plans, key=lambda p: -p.size)
     try:
+        # A .csv.gz is one Spark task: one table at a time would leave all cores but one idle.
         staged = in_parallel(
-            spark, [partial(_stage, spark, cfg, p, out, metadata, layout) for p in by_size], workers
+            spark, [partial(_stage, spark, cfg, p, out, metadata, layout) for p in by_size], workers, WHAT
         )
         plans = [next(s for s in staged if s.name == p.name) for p in plans]
         staged_counts = count_staged(spark, plans, out)
@@ -212,7 +214,10 @@ def run(
             log.info("ingest %s: %s; rejected by reason: %s", name, c, by_reason)
         counts = {name: c for name, (c, _) in staged_counts.items()}
         in_parallel(
-            spark, [partial(write_bronze, spark, p, out, counts[p.name], metadata) for p in by_size], workers
+            spark,
+            [partial(write_bronze, spark, p, out, counts[p.name], metadata) for p in by_size],
+            workers,
+            WHAT,
         )
         write_quarantine(spark, plans, counts, out, metadata)
     finally:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Mapping, Sequence
 from functools import reduce
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from spark_jobs import delta_io
 from spark_jobs.ingest.errors import IngestError, naming_files
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Observation, SparkSession
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 QUARANTINE = "quarantine"
 STAGING = "_staging"
@@ -73,38 +70,6 @@ def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
         tally, F.count(F.lit(1)).alias("rows"), F.count_if(F.col(REASON).isNull()).alias("kept")
     )
     return observed, tally
-
-
-def in_parallel(spark: SparkSession, tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
-    """Run ``tasks`` (each one or more Spark actions) from ``workers`` threads; results in order.
-
-    A ``.csv.gz`` is one Spark task, so one table at a time leaves all cores but one idle; side
-    by side, chartevents and labevents (and the small tables) share the machine. The first
-    failure cancels the other tables' jobs (a corrupt labevents is reported without waiting for
-    chartevents) and is raised as is.
-    """
-    if workers <= 1 or len(tasks) <= 1:
-        return [task() for task in tasks]
-    sc = spark.sparkContext
-    group = f"medmod-ingest-{uuid.uuid4().hex[:12]}"
-
-    def call(task: Callable[[], T]) -> T:
-        sc.setJobGroup(group, "medmod bronze ingest", interruptOnCancel=True)
-        return task()
-
-    with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="ingest") as pool:
-        futures = [pool.submit(call, task) for task in tasks]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-            if failed:
-                raise failed[0].exception()  # type: ignore[misc]
-            return [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            sc.cancelJobGroup(group)
-            raise
 
 
 def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[str, Any]) -> None:
