@@ -280,9 +280,9 @@ def _split(df: DataFrame, reason: Column, drop: tuple[str, ...] = ()) -> Checked
     tagged = df.withColumn("__reason", reason)
     kept = tagged.where(F.col("__reason").isNull()).drop("__reason", *drop)
     bad = tagged.where(F.col("__reason").isNotNull())
-    rejected = rejects(bad, STAGE, "", F.col("__reason"), list(RAW_COLUMNS))
-    # source = the raw table of the row (chartevents / labevents), read back from the record.
-    return Checked(kept, rejected.withColumn("source", F.get_json_object("record", "$.source")))
+    # source = the raw table of the row (chartevents / labevents).
+    rejected = rejects(bad, STAGE, F.col("source"), F.col("__reason"), list(RAW_COLUMNS))
+    return Checked(kept, rejected)
 
 
 def raw_events(chartevents: DataFrame, labevents: DataFrame) -> DataFrame:

@@ -34,16 +34,22 @@ class Checked:
 
 
 def rejects(
-    df: DataFrame, stage: str, source: str, reason: str | Column, record_columns: list[str] | None = None
+    df: DataFrame,
+    stage: str,
+    source: str | Column,
+    reason: str | Column,
+    record_columns: list[str] | None = None,
 ) -> DataFrame:
-    """``df``'s rows in the common reject shape; ``record`` holds the original row as JSON."""
+    """``df``'s rows in the common reject shape; ``record`` holds the original row as JSON.
+    ``source`` and ``reason``: a string, or a column of ``df`` when they differ by row."""
     from pyspark.sql import functions as F
 
     reason_col = F.lit(reason) if isinstance(reason, str) else reason
+    source_col = F.lit(source) if isinstance(source, str) else source
     cols = record_columns if record_columns is not None else df.columns
     return df.select(
         F.lit(stage).alias("stage"),
-        F.lit(source).alias("source"),
+        source_col.cast("string").alias("source"),
         reason_col.cast("string").alias("reason"),
         F.to_json(F.struct(*[F.col(f"`{c}`") for c in cols])).alias("record"),
     )
