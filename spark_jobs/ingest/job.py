@@ -53,7 +53,7 @@ DEFAULT_TABLES = (
 # than the parallelism saves.
 _SPREAD_MIN_BYTES = 8 << 20
 # Inputs smaller than this (compressed bytes) are staged in Spark's cache rather than in a staging
-# Delta table (see Plan.in_memory); MIMIC-IV's hosp tables but the events are all below it.
+# Delta table (see Plan.in_memory); on MIMIC-IV every input but the two events tables is below it.
 _IN_MEMORY_MAX_BYTES = 64 << 20
 # Files of the staging table of a filtered events table read by a single task: the task cuts its
 # output (no shuffle), so that the bronze write and the later stages read it in parallel.
