@@ -75,13 +75,14 @@ def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
 def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[str, Any]) -> None:
     """The one read of ``plan``'s raw files: every row typed and tagged (of a filtered events
     table, the rows of the wanted items; the others only counted), to its staging path, or for
-    an ``in_memory`` plan into Spark's cache."""
-    if plan.in_memory:
-        _stage_in_memory(spark, plan)
-        return
+    an ``in_memory`` plan into Spark's cache (by an action that writes nothing), so that input
+    problems surface here, before bronze is touched, either way."""
+    from pyspark import StorageLevel
+
     path = staging_path(out, plan.name)
     fs = HadoopFs(spark)
-    fs.delete(path)  # left over by a killed run: start clean
+    if not plan.in_memory:
+        fs.delete(path)  # left over by a killed run: start clean
     # File statistics on __reason only (the first column): files without rejects are skipped
     # when the quarantine is read, and the single-task raw pass computes no stats it never uses.
     options: dict[str, Any] = {"delta.dataSkippingNumIndexedCols": "1"}
@@ -89,20 +90,12 @@ def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[s
         options["maxRecordsPerFile"] = plan.rows_per_file
     start = time.monotonic()
     with naming_files(plan.loc.files, what=f"reading table {plan.name} from", fs=fs):
-        delta_io.write_table(plan.staged, path, dict(metadata), options=options)
-    log.info("ingest %s: raw files read and staged in %.1fs", plan.name, time.monotonic() - start)
-
-
-def _stage_in_memory(spark: SparkSession, plan: Plan) -> None:
-    """Read ``plan``'s raw files once into the cache (an action that writes nothing), so that
-    its input problems surface here, before bronze is touched, like a staging write's."""
-    from pyspark import StorageLevel
-
-    start = time.monotonic()
-    plan.staged.persist(StorageLevel.MEMORY_AND_DISK)
-    with naming_files(plan.loc.files, what=f"reading table {plan.name} from", fs=HadoopFs(spark)):
-        plan.staged.write.format("noop").mode("overwrite").save()
-    log.info("ingest %s: raw files read and cached in %.1fs", plan.name, time.monotonic() - start)
+        if plan.in_memory:
+            plan.staged.persist(StorageLevel.MEMORY_AND_DISK).write.format("noop").mode("overwrite").save()
+        else:
+            delta_io.write_table(plan.staged, path, dict(metadata), options=options)
+    where = "cached" if plan.in_memory else "staged"
+    log.info("ingest %s: raw files read and %s in %.1fs", plan.name, where, time.monotonic() - start)
 
 
 def _read_staged(spark: SparkSession, out: str, plan: Plan) -> DataFrame:
