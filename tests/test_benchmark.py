@@ -224,6 +224,27 @@ def test_a_finished_run_loses_only_its_resume_state(tmp_path):
     assert bm.drop_resume_state(tmp_path / "late-fusion-run") == 0  # no checkpoints folder at all
 
 
+def test_a_reused_run_left_by_a_killed_benchmark_loses_its_resume_state(tmp_path, monkeypatch):
+    """A benchmark killed after a trainer exited but before it tidied that run up leaves
+    ``last.pt``; the rerun reuses the run and removes it then (keep_last keeps it)."""
+    for keep_last in (False, True):
+        out = tmp_path / str(keep_last)
+
+        def reuse(trial, words, run_dir, logs, env):
+            folder = Path(run_dir) / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in ("best.pt", "last.pt"):
+                (folder / name).write_bytes(b"x")
+            return bm.Outcome(trial, "reused", str(run_dir), 0.0, outcome(trial, 0.5).metrics)
+
+        monkeypatch.setattr(bm, "run_trial", reuse)
+        cfg = bm.BenchmarkConfig(shards="/shards", out=str(out), tasks=["ihm"], keep_last=keep_last)
+        p = bm.Protocol(cfg, preset(trials={"ihm": 1}, seeds=1, models=["uni_ehr"]), [])
+        assert bm.execute(p) == 0
+        kept = sorted(path.name for path in out.rglob("*.pt"))
+        assert kept == (["best.pt", "last.pt"] if keep_last else ["best.pt"])
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line contains ``text`` (Linux /proc)."""
     found = []

@@ -724,7 +724,9 @@ def execute(protocol: Protocol) -> int:
                 trial, slot = running.pop(fut)
                 free.append(slot)
                 outcome = fut.result()
-                if outcome.status == "done" and not protocol.cfg.keep_last:
+                # a reused run may still hold its resume state: the benchmark that trained it
+                # can have been killed between the trainer's exit and this line
+                if outcome.status in ("done", "reused") and not protocol.cfg.keep_last:
                     drop_resume_state(Path(outcome.run_dir))
                 protocol.record(outcome)
                 log_outcome(outcome, len(protocol.outcomes), len(protocol.pending) + len(running))
