@@ -56,6 +56,30 @@ def _column_mapping(columns: list[str]) -> dict[str, str]:
     }
 
 
+# Table properties that choose the columns Delta keeps file statistics for.
+_STATS_OPTIONS = ("delta.dataSkippingNumIndexedCols", "delta.dataSkippingStatsColumns")
+
+
+def _quoted(column: str) -> str:
+    return "`" + column.replace("`", "``") + "`"
+
+
+def stats_columns(schema) -> dict[str, str]:
+    """Writer option that keeps file statistics (min / max / null count, what data skipping
+    reads) for the top-level ids, times and numbers. Delta's default covers the first 32 columns
+    whatever their type, and min / max of text columns (event values, units, quarantined records
+    as JSON) cost the writes of the big tables a large part of their time for a skipping nothing
+    here asks for (BENCHMARKS.md)."""
+    from pyspark.sql.types import DateType, NumericType, TimestampNTZType, TimestampType
+
+    # The types Delta keeps min / max for (it refuses to be asked for booleans).
+    ranged = (NumericType, DateType, TimestampType, TimestampNTZType)
+    chosen = [f.name for f in schema.fields if isinstance(f.dataType, ranged)]
+    if not chosen:
+        return {"delta.dataSkippingNumIndexedCols": "0"}
+    return {"delta.dataSkippingStatsColumns": ",".join(_quoted(c) for c in chosen)}
+
+
 def write_table(
     df,
     path: str,
@@ -66,7 +90,8 @@ def write_table(
 ) -> int:
     """Overwrite ``path`` (or its ``replace_where`` slice) with ``df`` in one commit stamped with
     ``metadata``; return the rows written. ``options``: further Delta writer options
-    (``maxRecordsPerFile``, table properties such as ``delta.dataSkippingNumIndexedCols``)."""
+    (``maxRecordsPerFile``, table properties such as ``delta.dataSkippingNumIndexedCols``, which
+    replaces the :func:`stats_columns` default)."""
     writer = (
         df.write.format("delta")
         .mode("overwrite")
@@ -76,7 +101,10 @@ def write_table(
         writer = writer.option("replaceWhere", replace_where)
     else:
         writer = writer.option("overwriteSchema", "true")
-    for key, value in {**_column_mapping(df.columns), **(options or {})}.items():
+    options = dict(options or {})
+    if not any(key in options for key in _STATS_OPTIONS):
+        options.update(stats_columns(df.schema))
+    for key, value in {**_column_mapping(df.columns), **options}.items():
         writer = writer.option(key, value)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
