@@ -68,8 +68,7 @@ def stats_columns(schema) -> dict[str, str]:
     """Writer option that keeps file statistics (min / max / null count, what data skipping
     reads) for the top-level ids, times and numbers. Delta's default covers the first 32 columns
     whatever their type, and min / max of text columns (event values, units, quarantined records
-    as JSON) cost the writes of the big tables a large part of their time for a skipping nothing
-    here asks for (BENCHMARKS.md)."""
+    as JSON) cost the big writes time for a skipping nothing here asks for (BENCHMARKS.md)."""
     from pyspark.sql.types import DateType, NumericType, TimestampNTZType, TimestampType
 
     # The types Delta keeps min / max for (it refuses to be asked for booleans).
