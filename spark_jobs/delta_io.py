@@ -60,7 +60,8 @@ def _column_mapping(columns: list[str]) -> dict[str, str]:
 _STATS_OPTIONS = ("delta.dataSkippingNumIndexedCols", "delta.dataSkippingStatsColumns")
 
 
-def _quoted(column: str) -> str:
+def quoted(column: str) -> str:
+    """``column`` as a Spark SQL identifier (backticks), whatever characters it holds."""
     return "`" + column.replace("`", "``") + "`"
 
 
@@ -76,7 +77,7 @@ def stats_columns(schema) -> dict[str, str]:
     chosen = [f.name for f in schema.fields if isinstance(f.dataType, ranged)]
     if not chosen:
         return {"delta.dataSkippingNumIndexedCols": "0"}
-    return {"delta.dataSkippingStatsColumns": ",".join(_quoted(c) for c in chosen)}
+    return {"delta.dataSkippingStatsColumns": ",".join(quoted(c) for c in chosen)}
 
 
 def write_table(

@@ -13,6 +13,7 @@ import csv
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from spark_jobs.delta_io import quoted
 from spark_jobs.ingest.errors import CorruptInputError, HeaderError, naming_files
 from spark_jobs.ingest.files import HadoopFs, Located
 from spark_jobs.mimic_schema import RawTable
@@ -55,10 +56,6 @@ _SQL_TYPES = {"long": "bigint", "int": "int", "double": "double", "timestamp": "
 # cast is far more lenient ('2180', '2180-01-01', time zones) and would accept garbage silently.
 _DATE_RE = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _TIMESTAMP_RE = "^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?$"
-
-
-def _q(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def header_names(line: str) -> list[str]:
@@ -137,7 +134,7 @@ def _read_csv(spark: SparkSession, loc: Located, table: RawTable) -> DataFrame:
         .csv(list(loc.files))
     )
     return df.select(
-        *[F.col(_q(mapping[c])).alias(c) for c in table.column_names],
+        *[F.col(quoted(mapping[c])).alias(c) for c in table.column_names],
         F.col(CORRUPT),
         F.input_file_name().alias(SOURCE),
     )
@@ -150,7 +147,7 @@ def _read_parquet(spark: SparkSession, loc: Located, table: RawTable) -> DataFra
         df = spark.read.parquet(loc.path)
     mapping = _match_columns(table, df.columns, loc.path)
     return df.select(
-        *[F.col(_q(mapping[c])).alias(c) for c in table.column_names],
+        *[F.col(quoted(mapping[c])).alias(c) for c in table.column_names],
         F.input_file_name().alias(SOURCE),
     )
 
@@ -171,7 +168,7 @@ def _typed(name: str, logical: str, source_type: DataType) -> tuple[Column, Colu
     from pyspark.sql import functions as F
     from pyspark.sql.types import BinaryType, DateType, StringType, TimestampNTZType, TimestampType
 
-    col = _q(name)
+    col = quoted(name)
     if isinstance(source_type, StringType | BinaryType):
         s = f"trim(cast({col} as string))"
         present = F.expr(f"{s} <> ''")
@@ -281,7 +278,7 @@ def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
         elif logical == "string" and isinstance(source_types[c], StringType):
             # The csv reader decodes UTF-8 and turns every invalid byte into U+FFFD: without this
             # check a latin-1 file would load with its text silently changed.
-            checks.append(F.when(F.instr(F.col(_q(c)), REPLACEMENT_CHAR) > 0, F.lit(f"bad_encoding:{c}")))
+            checks.append(F.when(F.instr(F.col(quoted(c)), REPLACEMENT_CHAR) > 0, F.lit(f"bad_encoding:{c}")))
     return tagged.withColumn(REASON, F.coalesce(*checks))
 
 
@@ -303,7 +300,7 @@ def stage_rows(raw: DataFrame, table: RawTable) -> DataFrame:
     from pyspark.sql import functions as F
 
     tagged = _tag(raw, table)
-    record = F.to_json(F.struct(*[F.col(_q(c)) for c in raw.columns]))
+    record = F.to_json(F.struct(*[F.col(quoted(c)) for c in raw.columns]))
     return tagged.select(
         F.col(REASON),
         *[F.col(f"__v{i}") for i in range(len(table.columns))],
