@@ -250,6 +250,11 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
+    @property
+    def finished(self) -> bool:
+        """Trained here or reused from an earlier run: its run folder holds its results."""
+        return self.status in ("done", "reused")
+
     def val(self, name: str) -> float:
         return metric_value(self.metrics, "val", name)
 
@@ -368,7 +373,7 @@ class Protocol:
     def encoder_trial(self, method: str) -> Trial | None:
         """The kept pretraining run of ``method`` once its epoch selection finished, else None."""
         done = self.outcomes.get(select_trial(self.ssl, method))
-        if done is None or done.status not in ("done", "reused"):
+        if done is None or not done.finished:
             return None
         return self.selected.get((self.ssl.pretrain_task, method, PRETRAIN, ""))
 
@@ -390,7 +395,7 @@ class Protocol:
             if source is None:
                 return None
             done = self.outcomes.get(source)
-            if done is None or done.status not in ("done", "reused"):
+            if done is None or not done.finished:
                 return None
             found[path_field] = source
         return found
@@ -406,7 +411,7 @@ class Protocol:
             ended = [o for t, o in self.outcomes.items() if t.mode == PRETRAIN and t.model == trial.model]
             if len(ended) < len(pretrain_trials(self.ssl, trial.model)):
                 return None
-            if any(o.status in ("done", "reused") for o in ended):
+            if any(o.finished for o in ended):
                 return None
             return f"every {trial.model} pretraining trial failed ({ended[0].trial.key}: {ended[0].error})"
         if trial.mode in (PROBE, FINETUNE):
@@ -520,7 +525,7 @@ def select(outcomes: list[Outcome], metric: str | None = None) -> Trial | None:
     """The search trial with the best validation ``metric`` (all of this task's metrics in the
     selection are higher-is-better: AUROC, kappa; None: each trial's own selection value, for
     a pretraining run its lowest val loss); None when none finished."""
-    finished = [o for o in outcomes if o.status in ("done", "reused")]
+    finished = [o for o in outcomes if o.finished]
     if not finished:
         return None
 
@@ -726,7 +731,7 @@ def execute(protocol: Protocol) -> int:
                 outcome = fut.result()
                 # a reused run may still hold its resume state: the benchmark that trained it
                 # can have been killed between the trainer's exit and this line
-                if outcome.status in ("done", "reused") and not protocol.cfg.keep_last:
+                if outcome.finished and not protocol.cfg.keep_last:
                     drop_resume_state(Path(outcome.run_dir))
                 protocol.record(outcome)
                 log_outcome(outcome, len(protocol.outcomes), len(protocol.pending) + len(running))
