@@ -150,6 +150,6 @@ exec "$spark_submit" \
     --jars "$jar_list" \
     --conf "spark.pyspark.python=$python" \
     --conf "spark.pyspark.driver.python=$python" \
-    --conf "spark.driver.extraJavaOptions=-Dlog4j.configurationFile=file:$repo/spark_jobs/log4j2.properties" \
+    --conf "spark.driver.extraJavaOptions=-Dlog4j.configurationFile=file:$repo/spark_jobs/log4j2.properties -XX:-DontCompileHugeMethods" \
     "${confs[@]}" \
     "$launcher" "${job[@]}" "$@"

@@ -19,6 +19,14 @@ from spark_jobs import jars
 
 log = logging.getLogger(__name__)
 LOG4J_CONF = Path(__file__).resolve().parent / "log4j2.properties"
+# HotSpot leaves a method of more than 8,000 bytes of bytecode to its interpreter
+# (DontCompileHugeMethods). The code Spark generates for a wide projection (the events stage's
+# cleaning, the ingest's typing) is often bigger than that, and then runs several times slower.
+JIT_HUGE_METHODS = "-XX:-DontCompileHugeMethods"
+JAVA_OPTIONS = f"-Dlog4j.configurationFile=file:{LOG4J_CONF} {JIT_HUGE_METHODS}"
+# Where the driver's JVM was started without JIT_HUGE_METHODS (spark-submit without it, a JVM
+# other than HotSpot), Spark is told to split generated code above the JIT's limit instead.
+HUGE_METHOD_LIMIT = ("spark.sql.codegen.hugeMethodLimit", "8000")
 # Spark setting names that carry a credential (Spark's own redaction pattern, plus S3A's keys).
 _CREDENTIAL_KEY = re.compile(r"(?i)secret|password|token|access[._]?key|credentials?$")
 
@@ -104,8 +112,8 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
-        "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
-        "spark.executor.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
+        "spark.driver.extraJavaOptions": JAVA_OPTIONS,
+        "spark.executor.extraJavaOptions": JAVA_OPTIONS,
     }
     conf.update(_s3a_conf(cfg.s3))
     conf.update(cfg.extra)
@@ -129,9 +137,29 @@ def build_spark(cfg: SparkConfig | None = None):
     spark.sparkContext.setLogLevel(cfg.log_level)
     if not cfg.shuffle_partitions and "spark.sql.shuffle.partitions" not in cfg.extra:
         spark.conf.set("spark.sql.shuffle.partitions", str(max(8, 4 * spark.sparkContext.defaultParallelism)))
+    key, limit = HUGE_METHOD_LIMIT
+    if key not in cfg.extra and not compiles_huge_methods(spark):
+        spark.conf.set(key, limit)
+        log.info("the driver JVM leaves huge methods uncompiled (no %s): %s=%s", JIT_HUGE_METHODS, key, limit)
     _quiet_py4j()
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def compiles_huge_methods(spark) -> bool:
+    """Whether the driver's JVM JIT-compiles methods above 8,000 bytes of bytecode, and the
+    executors are started with the option that makes it so (False when either is unknown)."""
+    executor_options = spark.sparkContext.getConf().get("spark.executor.extraJavaOptions", "")
+    if spark.sparkContext.master.startswith("local"):
+        executor_options = JIT_HUGE_METHODS  # the driver's JVM runs the tasks
+    try:
+        jvm = spark.sparkContext._jvm
+        bean_class = jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
+        bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(bean_class)
+        driver = bean.getVMOption("DontCompileHugeMethods").getValue() == "false"
+    except Exception:  # not HotSpot, or the option is gone: assume the default
+        driver = False
+    return driver and JIT_HUGE_METHODS in executor_options.split()
 
 
 def _under_spark_submit() -> bool:

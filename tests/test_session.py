@@ -44,3 +44,36 @@ def test_missing_jars_say_how_to_fetch_them(tmp_path, monkeypatch):
 def test_jar_urls_point_at_maven_layout():
     art = jars.Artifact("io.delta", "delta-spark_2.12", "3.3.2")
     assert art.url("https://repo").endswith("/io/delta/delta-spark_2.12/3.3.2/delta-spark_2.12-3.3.2.jar")
+
+
+def test_generated_code_above_the_jit_limit_is_compiled(spark):
+    """The driver JVM (which runs the tasks in local mode) JIT-compiles huge generated methods,
+    so Spark keeps its default code size limit: without the option the events stage's cleaning
+    runs in the bytecode interpreter, several times slower (BENCHMARKS.md)."""
+    from spark_jobs.session import HUGE_METHOD_LIMIT, JIT_HUGE_METHODS, compiles_huge_methods
+
+    conf = spark_conf(SparkConfig())
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        assert JIT_HUGE_METHODS in conf[key].split()
+    assert compiles_huge_methods(spark)
+    key, limit = HUGE_METHOD_LIMIT
+    assert spark.conf.get(key) != limit
+
+
+def test_a_driver_without_the_jit_option_splits_generated_code(tmp_path):
+    """A driver JVM started without the option (spark-submit without it, a user's own
+    extraJavaOptions) gets Spark's code size limit lowered to what the JIT compiles."""
+    import subprocess
+    import sys
+
+    script = (
+        "from spark_jobs.session import SparkConfig, build_spark, compiles_huge_methods\n"
+        "spark = build_spark(SparkConfig(master='local[1]', driver_memory='1g', "
+        "extra={'spark.driver.extraJavaOptions': '-Dmedmod.test=1'}))\n"
+        "print('RESULT', compiles_huge_methods(spark), spark.conf.get('spark.sql.codegen.hugeMethodLimit'))\n"
+        "spark.stop()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert result == ["RESULT False 8000"], done.stdout
