@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 LOG4J_CONF = Path(__file__).resolve().parent / "log4j2.properties"
 # HotSpot leaves a method of more than 8,000 bytes of bytecode to its interpreter
 # (DontCompileHugeMethods). The code Spark generates for a wide projection (the events stage's
-# cleaning, the ingest's typing) is often bigger than that, and then runs several times slower.
+# cleaning) can be bigger than that, and then runs several times slower.
 JIT_HUGE_METHODS = "-XX:-DontCompileHugeMethods"
 JAVA_OPTIONS = f"-Dlog4j.configurationFile=file:{LOG4J_CONF} {JIT_HUGE_METHODS}"
 # Where the driver's JVM was started without JIT_HUGE_METHODS (spark-submit without it, a JVM
@@ -150,8 +150,9 @@ def compiles_huge_methods(spark) -> bool:
     """Whether the driver's JVM JIT-compiles methods above 8,000 bytes of bytecode, and the
     executors are started with the option that makes it so (False when either is unknown)."""
     executor_options = spark.sparkContext.getConf().get("spark.executor.extraJavaOptions", "")
-    if spark.sparkContext.master.startswith("local"):
-        executor_options = JIT_HUGE_METHODS  # the driver's JVM runs the tasks
+    master = spark.sparkContext.master
+    if master == "local" or master.startswith("local["):  # not local-cluster: the driver runs the tasks
+        executor_options = JIT_HUGE_METHODS
     try:
         jvm = spark.sparkContext._jvm
         bean_class = jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
