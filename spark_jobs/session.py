@@ -24,8 +24,9 @@ LOG4J_CONF = Path(__file__).resolve().parent / "log4j2.properties"
 # cleaning) can be bigger than that, and then runs several times slower.
 JIT_HUGE_METHODS = "-XX:-DontCompileHugeMethods"
 JAVA_OPTIONS = f"-Dlog4j.configurationFile=file:{LOG4J_CONF} {JIT_HUGE_METHODS}"
-# Where the driver's JVM was started without JIT_HUGE_METHODS (spark-submit without it, a JVM
-# other than HotSpot), Spark is told to split generated code above the JIT's limit instead.
+# Where the driver's or the executors' JVMs lack JIT_HUGE_METHODS (spark-submit without it,
+# extraJavaOptions replaced, a JVM other than HotSpot), Spark is told to split generated code
+# above the JIT's limit instead.
 HUGE_METHOD_LIMIT = ("spark.sql.codegen.hugeMethodLimit", "8000")
 # Spark setting names that carry a credential (Spark's own redaction pattern, plus S3A's keys).
 _CREDENTIAL_KEY = re.compile(r"(?i)secret|password|token|access[._]?key|credentials?$")
@@ -140,7 +141,7 @@ def build_spark(cfg: SparkConfig | None = None):
     key, limit = HUGE_METHOD_LIMIT
     if key not in cfg.extra and not compiles_huge_methods(spark):
         spark.conf.set(key, limit)
-        log.info("the driver JVM leaves huge methods uncompiled (no %s): %s=%s", JIT_HUGE_METHODS, key, limit)
+        log.info("driver or executors started without %s: %s=%s", JIT_HUGE_METHODS, key, limit)
     _quiet_py4j()
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark

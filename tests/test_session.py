@@ -60,7 +60,7 @@ def test_generated_code_above_the_jit_limit_is_compiled(spark):
     assert spark.conf.get(key) != limit
 
 
-def test_a_driver_without_the_jit_option_splits_generated_code(tmp_path):
+def test_a_driver_without_the_jit_option_splits_generated_code():
     """A driver JVM started without the option (spark-submit without it, a user's own
     extraJavaOptions) gets Spark's code size limit lowered to what the JIT compiles."""
     import subprocess
