@@ -1,7 +1,7 @@
 """Where the ETL's CPU goes: CPU seconds by process and JVM thread kind over one run.
 
     python scripts/profile_etl_cpu.py raw=PATH out=PATH [key=value ...]
-                                      [--interval 2] [--java-options "-XX:..."]
+                                      [--interval 2] [--java-options="-XX:... -XX:..."]
 
 Runs ``Pipeline(load_config(words), spark).run()`` in this process and reads, from /proc, the
 CPU time (user + system) of every thread of its process tree (driver Python, the JVM, the
@@ -11,7 +11,8 @@ running tasks), ``Thread`` (the driver threads py4j runs the Python calls on: pl
 generation, Delta commits), GC, and so on. Threads and processes that end during the run are counted up to their last sample, taken
 every ``--interval`` seconds (sampling costs CPU too: a long interval for timing runs).
 ``--java-options`` replaces the JVM options that ``spark_jobs.session`` passes to the driver and
-executors (the log4j configuration stays), for trying other JIT settings. Linux only.
+executors (the log4j configuration stays), for trying other JIT settings; write it with ``=``,
+as its value starts with a dash. Linux only.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("words", nargs="+", help="ETL config words (raw=..., out=..., key=value)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between samples")
-    parser.add_argument("--java-options", help="JVM options instead of spark_jobs.session's")
+    parser.add_argument(
+        "--java-options", help="JVM options instead of spark_jobs.session's (--java-options=-XX:...)"
+    )
     args = parser.parse_args(argv)
     if not Path("/proc/self/task").is_dir():
         parser.error("needs Linux's /proc")
