@@ -5,11 +5,13 @@
 
 Runs ``Pipeline(load_config(words), spark).run()`` in this process and reads, from /proc, the
 CPU time (user + system) of every thread of its process tree (driver Python, the JVM, the
-Python workers), grouped by what the thread is (its name as Linux keeps it, 15 characters):
-JIT compilers (``C2 CompilerThre``, ``C1 CompilerThre``), ``Executor task l`` (executor threads
-running tasks), ``Thread`` (the driver threads py4j runs the Python calls on: planning, code
-generation, Delta commits), GC, and so on. Threads and processes that end during the run are counted up to their last sample, taken
-every ``--interval`` seconds (sampling costs CPU too: a long interval for timing runs).
+Python workers) spent during the run (Spark's start-up not counted), grouped by what the thread
+is (its name as Linux keeps it, 15 characters): JIT compilers (``C2 CompilerThre``,
+``C1 CompilerThre``), ``Executor task l`` (executor threads running tasks), ``Thread`` (the
+driver threads py4j runs the Python calls on: planning, code generation, Delta commits), GC,
+and so on. Threads and processes that end during the run are counted up to their last sample,
+taken every ``--interval`` seconds; the sampling itself is counted under the driver Python
+(``python: python``) and costs more the shorter the interval.
 ``--java-options`` replaces the JVM options that ``spark_jobs.session`` passes to the driver and
 executors (the log4j configuration stays), for trying other JIT settings; write it with ``=``,
 as its value starts with a dash. Linux only.
@@ -102,12 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("/proc/self/task").is_dir():
         parser.error("needs Linux's /proc")
 
+    from conf import typed
     from spark_jobs import session
+    from spark_jobs.ingest import IngestError
     from spark_jobs.pipeline import Pipeline, load_config
 
     if args.java_options is not None:
         session.JAVA_OPTIONS = f"-Dlog4j.configurationFile=file:{session.LOG4J_CONF} {args.java_options}"
-    cfg = load_config(args.words)
+    try:
+        cfg = load_config(args.words)
+    except typed.ConfigError as err:
+        parser.error(str(err))
     spark = session.build_spark(cfg.spark)
     root = os.getpid()
     before: dict = {}
@@ -124,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         Pipeline(cfg, spark).run()
+    except (IngestError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        spark.stop()
+        return 1
     finally:
         wall = time.perf_counter() - start
         stop.set()
