@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
@@ -55,6 +56,18 @@ class TreeUsage:
     peak_rss_by_kind: dict[str, int] = field(default_factory=dict)
     cpu_s: float = 0.0
     samples: int = 0
+    # With ``TreeMonitor(threads=True)``: CPU seconds of each thread, keyed (pid, tid), as
+    # (``"<process kind>: <thread kind>"``, seconds) at the monitor's first sample and at its last
+    # sample of that thread (a thread that ends keeps its last one).
+    threads_at_start: dict[tuple[int, int], tuple[str, float]] = field(default_factory=dict)
+    threads: dict[tuple[int, int], tuple[str, float]] = field(default_factory=dict)
+
+    def thread_cpu_by_kind(self) -> dict[str, float]:
+        """CPU seconds spent between the first and the last sample, summed by thread kind."""
+        spent: dict[str, float] = {}
+        for key, (kind, cpu) in self.threads.items():
+            spent[kind] = spent.get(kind, 0.0) + cpu - self.threads_at_start.get(key, (kind, 0.0))[1]
+        return spent
 
 
 def _kind(proc: psutil.Process, root_pid: int) -> str:
@@ -69,12 +82,34 @@ def _kind(proc: psutil.Process, root_pid: int) -> str:
     return "other"
 
 
-class TreeMonitor:
-    """Samples RSS and CPU time of ``pid`` and all its descendants every ``interval`` seconds."""
+def thread_kind(name: str) -> str:
+    """A thread's name without its number: ``C2 CompilerThread1`` -> ``C2 CompilerThread``."""
+    return re.sub(r"[\s#\-]*\d+$", "", name).strip() or name
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+
+def _thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> the name Linux keeps for it (15 characters), where /proc is readable."""
+    names = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return names
+    for tid in tids:
+        try:
+            names[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue
+    return names
+
+
+class TreeMonitor:
+    """Samples RSS and CPU time of ``pid`` and all its descendants every ``interval`` seconds;
+    ``threads`` also records each thread's CPU time (Linux; see :class:`TreeUsage`)."""
+
+    def __init__(self, pid: int, interval: float = 0.5, threads: bool = False) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
+        self.with_threads = threads
         self.usage = TreeUsage()
         self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
@@ -95,6 +130,8 @@ class TreeMonitor:
                     rss = proc.memory_info().rss
                     times = proc.cpu_times()
                     kind = _kind(proc, self.root.pid)
+                    if self.with_threads:
+                        self._sample_threads(proc, kind)
             except psutil.Error:
                 continue
             total += rss
@@ -107,18 +144,27 @@ class TreeMonitor:
             u.peak_rss_by_kind[kind] = max(u.peak_rss_by_kind.get(kind, 0), rss)
         u.cpu_s = sum(self._cpu.values())
 
+    def _sample_threads(self, proc: psutil.Process, kind: str) -> None:
+        names = _thread_names(proc.pid)
+        for thread in proc.threads():
+            # A Python worker's threads are one kind: the worker is the unit Spark schedules.
+            what = kind if kind == "python_workers" else f"{kind}: {thread_kind(names.get(thread.id, '?'))}"
+            self.usage.threads[(proc.pid, thread.id)] = (what, thread.user_time + thread.system_time)
+
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval):
             self._sample()
-            self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMonitor:
+        self._sample()  # the first sample is taken before the measured work starts
+        self.usage.threads_at_start = dict(self.usage.threads)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()  # what ran since the last sample (nothing if the tree has ended)
 
 
 @dataclass
