@@ -19,6 +19,23 @@ def test_delta_write_update_and_time_travel(spark, tmp_path):
     assert now == {1: "a", 2: "changed"} and then == {1: "a", 2: "b"}
 
 
+def test_delta_files_store_timestamps_as_int64_microseconds(spark, tmp_path):
+    import datetime as dt
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t"
+    when = [dt.datetime(2150, 1, 1, 10, 0, 0, 123456), dt.datetime(2180, 6, 30, 23, 59, 59)]
+    frame = spark.createDataFrame([(i, t) for i, t in enumerate(when)], "id long, charttime timestamp")
+    frame.write.format("delta").save(str(path))
+    files = list(Path(path).glob("*.parquet"))
+    column = pq.ParquetFile(files[0]).schema.column(1)
+    assert (column.name, column.physical_type) == ("charttime", "INT64")  # Spark's default: INT96
+    back = spark.read.format("delta").load(str(path)).orderBy("id").collect()
+    assert [r.charttime for r in back] == when
+
+
 def test_s3a_settings_come_from_config_not_files():
     conf = spark_conf(SparkConfig(s3=S3Config(endpoint="http://127.0.0.1:9000", path_style=True, ssl=False)))
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
