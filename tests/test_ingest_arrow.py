@@ -118,6 +118,11 @@ CASES = {
             ("\ufeff" + _upper_header(_text(_rows(), header=["extra", *COLUMNS[::-1]]))).encode()
         )
     },
+    # Concatenated gzip members (pigz, bgzip, appending to a .gz) are one valid stream.
+    "multi_member_gz": {
+        "chartevents.csv.gz": gzip.compress(_text(_rows(12)).encode())
+        + gzip.compress("\n".join(_text(_rows(20)).splitlines()[1:]).encode() + b"\n")
+    },
     "parts_with_header_only_and_empty": {
         "chartevents/part-0.csv.gz": gzip.compress(_text(_rows(12)).encode()),
         "chartevents/part-1.csv.gz": gzip.compress(_text([]).encode()),
@@ -158,6 +163,18 @@ def test_truncated_gzip_names_the_file(spark, tmp_path):
         _ingest(spark, tmp_path, "arrow", parts)
     msg = str(err.value)
     assert "part-1.csv.gz" in msg and "part-0" not in msg and len(msg.splitlines()) < 6
+    assert not (tmp_path / "out-arrow/bronze/chartevents").exists()
+
+
+def test_corrupt_gzip_data_names_the_file(spark, tmp_path):
+    """Damage inside the deflate stream (not a cut): the inflate error, not a crash of the task."""
+    blob = bytearray(gzip.compress(_text(_rows(3000)).encode(), mtime=0))
+    middle = len(blob) // 2
+    blob[middle : middle + 64] = bytes(b ^ 0x55 for b in blob[middle : middle + 64])
+    with pytest.raises(CorruptInputError) as err:
+        _ingest(spark, tmp_path, "arrow", {"chartevents.csv.gz": bytes(blob)})
+    msg = str(err.value)
+    assert "chartevents.csv.gz" in msg and len(msg.splitlines()) < 6
     assert not (tmp_path / "out-arrow/bronze/chartevents").exists()
 
 
