@@ -487,6 +487,45 @@ def test_spread_single_gzip_same_rows_more_files(spark, tmp_path, monkeypatch):
     assert c["rows_in"] == c["kept"] + c["rejected"] + c["filtered_out"]
 
 
+def _encodings(folder: Path) -> dict[str, set[str]]:
+    """{column: Parquet encodings used} over the data files under ``folder``."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, set[str]] = {}
+    for f in folder.rglob("*.parquet"):
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                column = meta.row_group(g).column(c)
+                found.setdefault(column.path_in_schema, set()).update(column.encodings)
+    return found
+
+
+def test_staging_columns_plain_encoded_bronze_keeps_dictionaries(spark, tmp_path, monkeypatch):
+    """The staging table, written once and read once, skips Parquet dictionaries (CPU); the
+    bronze table, read by every later stage, keeps them."""
+    staged: dict[str, dict[str, set[str]]] = {}
+    drop = ingest.job.drop_staging
+
+    def inspect_then_drop(spark_, plans, out):
+        staged.update({p.name: _encodings(Path(ingest.staging_path(out, p.name))) for p in plans})
+        drop(spark_, plans, out)
+
+    monkeypatch.setattr(ingest.job, "drop_staging", inspect_then_drop)
+    raw = tmp_path / "raw"
+    events = [dict(subject_id="1", hadm_id="10", stay_id="100", itemid="220045", value="80")] * 50
+    write(raw / "icu/chartevents.csv.gz", csv_text(V2["chartevents"].column_names, events))
+    cfg = IngestConfig(raw=str(raw), cxr="", layout="v2", tables=["chartevents"], itemids=[220045])
+    assert ingest.run(spark, cfg, str(tmp_path / "out"))["chartevents"]["kept"] == 50
+    dictionary = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+    staging = staged["chartevents"]
+    typed = [c for c in staging if c.startswith("__v")]
+    assert len(typed) == len(V2["chartevents"].columns)
+    assert all(not staging[c] & dictionary for c in (*typed, "__reason", "__record"))
+    bronze = _encodings(tmp_path / "out/bronze/chartevents")
+    assert bronze["itemid"] & dictionary and bronze["subject_id"] & dictionary
+
+
 def test_small_inputs_staged_in_memory_or_on_disk_alike(spark, tmp_path, monkeypatch):
     """Small inputs are staged in Spark's cache, big ones in a staging Delta table: the route
     changes nothing in bronze, the quarantine or the counts, and leaves nothing cached."""

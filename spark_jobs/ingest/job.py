@@ -19,6 +19,7 @@ from spark_jobs.ingest.writer import (
     Plan,
     count_staged,
     drop_staging,
+    plain_encode_staging,
     tallied,
     write_bronze,
     write_quarantine,
@@ -203,6 +204,7 @@ def run(
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.
     by_size = sorted(plans, key=lambda p: -p.size)
+    plain_encode_staging(spark, plans)
     try:
         # A .csv.gz is one Spark task: one table at a time would leave all cores but one idle.
         staged = in_parallel(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from spark_jobs import delta_io
 from spark_jobs.ingest.errors import IngestError, naming_files
 from spark_jobs.ingest.files import HadoopFs, Located, join
-from spark_jobs.ingest.staging import FILTERED_OUT, REASON, unstage
+from spark_jobs.ingest.staging import FILTERED_OUT, REASON, RECORD, unstage
 from spark_jobs.mimic_schema import RawTable
 from spark_jobs.quality import empty_rejects
 
@@ -70,6 +70,16 @@ def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
         tally, F.count(F.lit(1)).alias("rows"), F.count_if(F.col(REASON).isNull()).alias("kept")
     )
     return observed, tally
+
+
+def plain_encode_staging(spark: SparkSession, plans: Sequence[Plan]) -> None:
+    """Write the staging tables' own columns without Parquet dictionaries: a staging table is
+    written once and read once, so building dictionaries costs more CPU than the smaller files
+    save. Parquet's per-column setting (``parquet.enable.dictionary#<column>``), so other tables
+    (no column of theirs has these names) keep their dictionaries."""
+    widest = max((len(p.table.columns) for p in plans), default=0)
+    for column in (REASON, RECORD, *[f"__v{i}" for i in range(widest)]):
+        spark.conf.set(f"parquet.enable.dictionary#{column}", "false")
 
 
 def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[str, Any]) -> None:
