@@ -64,8 +64,8 @@ def spark_file_name(path: str) -> str:
 
 def _input_stream(path: str):
     """``path`` opened for reading, decompressed by its extension. Gzip (how MIMIC ships) goes
-    through ISA-L, which inflates about three times as fast as the zlib inside Arrow; the parse
-    of a ``.csv.gz`` is one task that nothing else can share."""
+    through ISA-L's inflate rather than the zlib inside Arrow (figures in BENCHMARKS.md): the
+    parse of a ``.csv.gz`` is one task that nothing else can share."""
     import pyarrow as pa
 
     if path.endswith(".gz"):

@@ -74,9 +74,9 @@ def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
 
 def plain_encode_staging(spark: SparkSession, plans: Sequence[Plan]) -> None:
     """Write the staging tables' own columns without Parquet dictionaries: a staging table is
-    written once and read once, so building dictionaries costs more CPU than the smaller files
-    save. Parquet's per-column setting (``parquet.enable.dictionary#<column>``), so other tables
-    (no column of theirs has these names) keep their dictionaries."""
+    written once and read once, so the smaller files are not worth building dictionaries for
+    (BENCHMARKS.md). It is Parquet's per-column setting (``parquet.enable.dictionary#<column>``)
+    in the session's conf, so other tables (no column of theirs has these names) keep theirs."""
     widest = max((len(p.table.columns) for p in plans), default=0)
     for column in (REASON, RECORD, *[f"__v{i}" for i in range(widest)]):
         spark.conf.set(f"parquet.enable.dictionary#{column}", "false")
