@@ -31,6 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+from isal import igzip
 from isal.igzip_lib import IsalError
 
 from spark_jobs.ingest.errors import ARROW_CANNOT_READ, PYTHON_INPUT_ERROR
@@ -69,8 +70,6 @@ def _input_stream(path: str):
     import pyarrow as pa
 
     if path.endswith(".gz"):
-        from isal import igzip
-
         return pa.PythonFile(igzip.open(path, "rb"), mode="r")
     return pa.input_stream(path, compression="detect")
 
@@ -266,8 +265,10 @@ class _FileParser:
         columns = [batch.column(i) for i in self.positions]
         unused = 0
         if self.itemids is not None and self.item_column is not None and len(columns[0]):
-            # Decoded after the filter: most rows are unused items, and decoding is the dearer part.
-            wanted = _wanted(_as_text(columns[self.item_column]), self.itemids)
+            # The other columns are decoded after the filter: most rows are unused items, and
+            # decoding is the dearer part. (_as_text of the decoded item column is then a no-op.)
+            columns[self.item_column] = _as_text(columns[self.item_column])
+            wanted = _wanted(columns[self.item_column], self.itemids)
             before = len(columns[0])
             columns = [pc.filter(c, wanted) for c in columns]
             unused = before - len(columns[0])
