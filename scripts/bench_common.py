@@ -49,8 +49,9 @@ MIMIC_IMAGES = 377_000
 
 @dataclass
 class TreeUsage:
-    """Peak resident memory of a process tree (sum over its processes at one instant) and the CPU
-    seconds its processes used (their last sample; a process's children are not double counted)."""
+    """Peak resident memory of a process tree (sum over its processes at one instant; a JVM's child
+    caught between fork and exec, which shares the JVM's memory, is left out) and the CPU seconds
+    its processes used (their last sample; a process's children are not double counted)."""
 
     peak_rss: int = 0
     peak_rss_by_kind: dict[str, int] = field(default_factory=dict)
@@ -80,6 +81,19 @@ def _kind(proc: psutil.Process, root_pid: int) -> str:
     if name.startswith("python"):
         return "python_workers"
     return "other"
+
+
+def _is_launch_in_progress(proc: psutil.Process, parent: psutil.Process | None) -> bool:
+    """A JVM's child between its fork and its exec: same program, same command line.
+
+    The JVM starts every process (Python workers, Hadoop's ``chmod``/``readlink`` helpers) through
+    ``posix_spawn``, whose child shares the JVM's memory until it execs: sampled in that instant it
+    shows the JVM's whole RSS, which summed with the JVM's own doubled the "peak" of some runs.
+    A process that a JVM really starts has a command line of its own once it runs.
+    """
+    if parent is None or not parent.name().lower().startswith("java"):
+        return False
+    return proc.exe() == parent.exe() and proc.cmdline() == parent.cmdline()
 
 
 def thread_kind(name: str) -> str:
@@ -121,11 +135,14 @@ class TreeMonitor:
         except psutil.Error:
             return
         total, by_kind, seen = 0, {}, set()
+        by_pid = {proc.pid: proc for proc in procs}
         for proc in procs:
             if proc.pid in seen:
                 continue
             seen.add(proc.pid)
             try:
+                if _is_launch_in_progress(proc, by_pid.get(proc.ppid())):
+                    continue
                 with proc.oneshot():
                     rss = proc.memory_info().rss
                     times = proc.cpu_times()

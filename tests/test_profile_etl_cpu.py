@@ -7,6 +7,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -87,3 +88,39 @@ def test_cpu_of_a_child_that_ended_counts_up_to_its_last_sample():
         child.wait()
     spent = monitor.usage.thread_cpu_by_kind()
     assert 1.0 <= spent["python_workers"] <= 2.0, spent
+
+
+_SPAWNER = """
+public class Spawner {
+    public static void main(String[] args) throws Exception {
+        byte[] ballast = new byte[Integer.parseInt(args[0]) << 20];
+        for (int i = 0; i < ballast.length; i += 4096) ballast[i] = 1;
+        long end = System.nanoTime() + (long) (Double.parseDouble(args[1]) * 1e9);
+        int spawned = 0;
+        while (System.nanoTime() < end) {
+            new ProcessBuilder("true").start().waitFor();
+            spawned++;
+        }
+        System.out.println(spawned + " " + ballast[4096]);
+    }
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("java") is None or shutil.which("true") is None, reason="needs a JVM")
+def test_a_jvm_child_between_fork_and_exec_does_not_count_the_jvm_twice(tmp_path):
+    # Spark's JVM starts its helpers with posix_spawn: until the exec, the child shares the JVM's
+    # memory and shows all of it as its own RSS. A JVM with 300 MiB touched spawns `true` in a
+    # loop; the tree's peak must stay the JVM's own, not twice it.
+    bc = _script("bench_common")
+    (tmp_path / "Spawner.java").write_text(_SPAWNER)
+    jvm = subprocess.Popen(
+        ["java", "-Xmx1g", "Spawner.java", "300", "3"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1.5)  # the source compiles and the ballast is touched before the first sample
+    with bc.TreeMonitor(jvm.pid, 0.02) as monitor:
+        spawned = int(jvm.communicate(timeout=60)[0].split()[0])
+    assert spawned > 100, spawned
+    own = monitor.usage.peak_rss_by_kind["driver_python"]  # the monitor's root: the JVM itself
+    assert own > 300 << 20
+    assert monitor.usage.peak_rss < 1.3 * own, (monitor.usage.peak_rss_by_kind, spawned)
