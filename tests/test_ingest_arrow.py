@@ -189,12 +189,133 @@ def test_part_with_another_header_names_the_part(spark, tmp_path):
     assert "part-1.csv" in msg and "does not conform" in msg and len(msg.splitlines()) < 6
 
 
-def test_arrow_reader_refuses_remote_files():
-    loc = ingest.Located(
-        "s3a://bucket/icu/chartevents.csv.gz", "csv", ("s3a://bucket/icu/chartevents.csv.gz",)
-    )
+@pytest.mark.parametrize(
+    ("path", "readable"),
+    [
+        ("/data/icu/chartevents.csv.gz", True),
+        ("file:///data/icu/chartevents.csv", True),
+        ("s3a://bucket/icu/chartevents.csv.gz", True),
+        ("s3://bucket/icu/chartevents.csv", True),
+        ("hdfs://nn/icu/chartevents.csv.gz", False),  # no client in the task: Spark reads it
+        ("/data/icu/chartevents.csv.snappy", False),  # Hadoop's framing, not Arrow's
+        ("/data/icu/chartevents.csv/part-0.csv.bz2", False),
+    ],
+)
+def test_arrow_reader_takes_local_and_s3_files_it_can_decompress(path, readable):
     from spark_jobs.ingest.job import _arrow_reads
 
-    assert _arrow_reads("auto", loc) is False
-    with pytest.raises(ValueError, match="local files only"):
-        _arrow_reads("arrow", loc)
+    loc = ingest.Located(path, "csv", (path,))
+    assert _arrow_reads("auto", loc) is readable
+    if not readable:
+        with pytest.raises(ValueError, match="local and S3 files"):
+            _arrow_reads("arrow", loc)
+
+
+def test_s3_settings_of_a_bucket_come_from_its_s3a_keys_first(spark):
+    from spark_jobs.ingest.arrow_csv import s3_access
+    from spark_jobs.ingest.job import _arrow_reads
+
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    keys = {
+        "fs.s3a.endpoint": "storage.example:9000",
+        "fs.s3a.connection.ssl.enabled": "false",
+        "fs.s3a.bucket.mine.path.style.access": "true",
+        "fs.s3a.bucket.mine.access.key": "AKIDMINE",
+        "fs.s3a.bucket.mine.secret.key": "s3cr3t-value",
+        "fs.s3a.bucket.mine.endpoint.region": "eu-west-3",
+        "fs.s3a.bucket.mine.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        "fs.s3a.bucket.role.aws.credentials.provider": "org.apache.hadoop.fs.s3a.auth.AssumedRoleCredentialProvider",
+    }
+    before = {key: conf.get(key) for key in keys}
+    try:
+        for key, value in keys.items():
+            conf.set(key, value)
+        mine, other, role = (s3_access(spark, b) for b in ("mine", "other", "role"))
+        # A bucket the tasks could not authenticate to as S3A does is left to the Spark reader.
+        loc = ingest.Located(
+            "s3a://role/icu/chartevents.csv.gz", "csv", ("s3a://role/icu/chartevents.csv.gz",)
+        )
+        assert _arrow_reads("auto", loc, spark) is False
+        with pytest.raises(ValueError, match="AssumedRoleCredentialProvider"):
+            _arrow_reads("arrow", loc, spark)
+        assert _arrow_reads("auto", loc._replace(files=("s3a://mine/c.csv.gz",)), spark) is True
+    finally:
+        for key, value in before.items():
+            conf.unset(key) if value is None else conf.set(key, value)
+    assert (mine.endpoint_url, mine.region, mine.path_style) == (
+        "http://storage.example:9000",
+        "eu-west-3",
+        True,
+    )
+    assert (mine.key, mine.secret) == ("AKIDMINE", "s3cr3t-value")
+    assert "s3cr3t" not in repr(mine)  # the access travels to the tasks; it never shows in a log
+    assert mine.unsupported_providers == () and role.unsupported_providers != ()
+    assert other.endpoint_url == "http://storage.example:9000"
+    assert (other.key, other.path_style) == (None, conf.get("fs.s3a.path.style.access") == "true")
+
+
+def _raw_on_s3(spark, s3_server, parts: dict[str, bytes]) -> str:
+    """``parts`` under ``icu/`` of a new bucket on the moto server, which S3A is pointed at."""
+    import uuid
+
+    import boto3
+
+    from tests.test_ingest import _s3a_bucket_conf
+
+    bucket = f"raw-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    for name, data in parts.items():
+        s3.put_object(Bucket=bucket, Key=f"mimic-iv/icu/{name}", Body=data)
+    _s3a_bucket_conf(spark, s3_server, bucket)
+    return f"s3a://{bucket}/mimic-iv"
+
+
+def _ingest_s3(spark, root: str, tmp_path: Path, reader: str) -> tuple[dict, list, list]:
+    """``_ingest`` of the raw files under ``root`` (S3), ``_source`` compared too."""
+    out = tmp_path / f"out-{reader}"
+    cfg = IngestConfig(raw=root, cxr="", layout="v2", tables=["chartevents"], itemids=WANTED, reader=reader)
+    counts = ingest.run(spark, cfg, str(out))["chartevents"]
+    bronze = spark.read.format("delta").load(str(out / "bronze/chartevents"))
+    kept = sorted(repr(tuple(r)) for r in bronze.collect())
+    quarantine = spark.read.format("delta").load(str(out / "bronze/quarantine")).collect()
+    rejects = sorted((r["reason"], _comparable(r["reason"], json.loads(r["record"]))) for r in quarantine)
+    return counts, kept, rejects
+
+
+@pytest.mark.s3
+def test_arrow_reader_on_s3_gives_what_the_spark_reader_gives(spark, s3_server, tmp_path, monkeypatch):
+    from spark_jobs.ingest import arrow_csv
+
+    parts = {
+        "chartevents/part-0.csv.gz": gzip.compress(_text(_rows(), BROKEN_LINES).encode()),
+        "chartevents/part-1.csv": _text(_rows(12)).encode(),
+    }
+    read_by_arrow = []  # the driver plans the Arrow reader's tasks (they run in Python workers)
+    real_read = arrow_csv.read_csv
+    monkeypatch.setattr(
+        arrow_csv,
+        "read_csv",
+        lambda spark, files, *a: read_by_arrow.extend(files) or real_read(spark, files, *a),
+    )
+    root = _raw_on_s3(spark, s3_server, parts)
+    arrow = _ingest_s3(spark, root, tmp_path, "auto")
+    reference = _ingest_s3(spark, root, tmp_path, "spark")
+    assert arrow == reference
+    assert sorted(read_by_arrow) == [
+        f"{root}/icu/chartevents/part-{i}.csv{ext}" for i, ext in enumerate((".gz", ""))
+    ]
+    assert any(f"{root}/icu/chartevents/part-0.csv.gz" in row for row in arrow[1])
+    counts = arrow[0]
+    assert counts["rows_in"] == counts["kept"] + counts["rejected"] + counts["filtered_out"]
+    assert counts["kept"] > 0 and counts["filtered_out"] > 0 and counts["rejected"] > 0
+
+
+@pytest.mark.s3
+def test_truncated_gzip_on_s3_names_the_file(spark, s3_server, tmp_path):
+    blob = gzip.compress(_text(_rows(2000)).encode())
+    root = _raw_on_s3(spark, s3_server, {"chartevents.csv.gz": blob[: len(blob) // 2]})
+    with pytest.raises(CorruptInputError) as err:
+        _ingest_s3(spark, root, tmp_path, "arrow")
+    msg = str(err.value)
+    assert "s3a://" in msg and "chartevents.csv.gz" in msg and len(msg.splitlines()) < 6

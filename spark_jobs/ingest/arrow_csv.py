@@ -27,14 +27,17 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING, Any
+from urllib.parse import ParseResult, unquote, urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
 from isal import igzip
 from isal.igzip_lib import IsalError
 
 from spark_jobs.ingest.errors import ARROW_CANNOT_READ, PYTHON_INPUT_ERROR
+from spark_jobs.ingest.files import is_compressed
 from spark_jobs.ingest.staging import CORRUPT, SOURCE, UNUSED, header_names
 
 if TYPE_CHECKING:
@@ -43,16 +46,27 @@ if TYPE_CHECKING:
 
 _BLOCK_BYTES = 8 << 20
 # What reading a damaged file raises: Arrow's and Python's I/O errors, a gzip stream cut short
-# (EOFError) and ISA-L's inflate errors (not OSErrors) alike.
-_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, IsalError)
+# (EOFError) and ISA-L's inflate errors (not OSErrors) alike; S3 errors that s3fs passes on as
+# botocore's (an endpoint that cannot be reached, say).
+_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, IsalError, BotoCoreError, ClientError)
 # The handler takes every malformed line, so Arrow reporting one means the handler failed.
 _ROW_HANDLER_FAILED = "columns, got"
 _MAX_ID_DIGITS = 18  # fits int64: longer digit strings are left to Spark's typing
 
 
-def is_local(path: str) -> bool:
-    """Only local files are parsed by Arrow in the task; other schemes keep the Spark reader."""
-    return urlparse(path).scheme in ("", "file")
+# Where the task can open a file itself: local paths, and S3 (through s3fs, with the settings
+# S3A has for the bucket; see :func:`s3_access`). Other schemes keep the Spark reader.
+LOCAL_SCHEMES = ("", "file")
+S3_SCHEMES = ("s3a", "s3", "s3n")
+
+
+def arrow_can_read(path: str) -> bool:
+    """Whether the task can open and decompress ``path`` itself (local or S3; plain or gzip)."""
+    if urlparse(path).scheme not in (*LOCAL_SCHEMES, *S3_SCHEMES):
+        return False
+    # Other compressed parts (a Spark-style folder may hold .bz2, .snappy, ... parts) keep the
+    # Spark reader, which has Hadoop's codecs and their framing.
+    return path.endswith(".gz") or not is_compressed(path)
 
 
 def spark_file_name(path: str) -> str:
@@ -63,20 +77,106 @@ def spark_file_name(path: str) -> str:
     return path
 
 
-def _input_stream(path: str):
+@dataclass(frozen=True)
+class S3Access:
+    """How a task reaches one bucket: what S3A is configured with for it (see :func:`s3_access`).
+    No keys: s3fs looks for credentials as S3A's default chain does (environment, profile,
+    instance role)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    anonymous: bool = False
+    # S3A credential providers s3fs has no counterpart for (assumed roles, custom classes): the
+    # task could not authenticate as Spark does, so the Spark reader reads the bucket.
+    unsupported_providers: tuple[str, ...] = ()
+    key: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def filesystem(self):
+        import s3fs
+
+        client: dict[str, Any] = {"region_name": self.region} if self.region else {}
+        if self.endpoint_url:
+            client["endpoint_url"] = self.endpoint_url
+        config = {"s3": {"addressing_style": "path"}} if self.path_style else {}
+        if self.anonymous:
+            return s3fs.S3FileSystem(anon=True, client_kwargs=client, config_kwargs=config)
+        return s3fs.S3FileSystem(
+            key=self.key, secret=self.secret, token=self.token, client_kwargs=client, config_kwargs=config
+        )
+
+
+# S3A credential providers (AWS SDK v1 and v2 class names) whose credentials s3fs finds the same
+# way: keys in the configuration, the environment, the AWS profile, the instance or container role.
+_LIKE_S3FS = frozenset(
+    {
+        "SimpleAWSCredentialsProvider",
+        "TemporaryAWSCredentialsProvider",
+        "AnonymousAWSCredentialsProvider",
+        "EnvironmentVariableCredentialsProvider",
+        "ProfileCredentialsProvider",
+        "InstanceProfileCredentialsProvider",
+        "IAMInstanceCredentialsProvider",
+        "ContainerCredentialsProvider",
+        "DefaultAWSCredentialsProviderChain",
+        "DefaultCredentialsProvider",
+    }
+)
+
+
+def s3_access(spark: SparkSession, bucket: str) -> S3Access:
+    """The S3A settings of ``bucket`` in the session's Hadoop configuration (a per-bucket
+    ``fs.s3a.bucket.<bucket>.<key>`` wins over ``fs.s3a.<key>``), for the tasks that open its
+    files with s3fs: the same endpoint, addressing and credentials as Spark's own reads."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def get(key: str) -> str | None:
+        value = conf.get(f"fs.s3a.bucket.{bucket}.{key}") or conf.get(f"fs.s3a.{key}")
+        return str(value).strip() if value is not None and str(value).strip() else None
+
+    providers = [p.strip() for p in (get("aws.credentials.provider") or "").split(",") if p.strip()]
+    endpoint = get("endpoint")
+    if endpoint and "://" not in endpoint:
+        ssl = (get("connection.ssl.enabled") or "true").lower() == "true"
+        endpoint = ("https://" if ssl else "http://") + endpoint
+    return S3Access(
+        endpoint_url=endpoint,
+        region=get("endpoint.region") or get("region"),
+        path_style=(get("path.style.access") or "false").lower() == "true",
+        anonymous="AnonymousAWSCredentialsProvider" in providers,
+        unsupported_providers=tuple(p for p in providers if p.rsplit(".", 1)[-1] not in _LIKE_S3FS),
+        key=get("access.key"),
+        secret=get("secret.key"),
+        token=get("session.token"),
+    )
+
+
+def _open_raw(path: str, access: Mapping[str, S3Access]):
+    """``path`` as a binary file object, local or on S3 (compressed bytes as stored)."""
+    parsed = urlparse(path)
+    if parsed.scheme in S3_SCHEMES:
+        fs = access[parsed.netloc].filesystem()
+        return fs.open(f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}", "rb", block_size=_BLOCK_BYTES)
+    return open(_local_path(parsed), "rb")  # noqa: SIM115
+
+
+def _local_path(parsed: ParseResult) -> str:
+    return unquote(parsed.path) if parsed.scheme == "file" else parsed.geturl()
+
+
+def _input_stream(path: str, access: Mapping[str, S3Access]):
     """``path`` opened for reading, decompressed by its extension. Gzip (how MIMIC ships) goes
     through ISA-L's inflate rather than the zlib inside Arrow (figures in BENCHMARKS.md): the
     parse of a ``.csv.gz`` is one task that nothing else can share."""
     import pyarrow as pa
 
-    if path.endswith(".gz"):
-        return pa.PythonFile(igzip.open(path, "rb"), mode="r")
-    return pa.input_stream(path, compression="detect")
-
-
-def _local_path(path: str) -> str:
     parsed = urlparse(path)
-    return unquote(parsed.path) if parsed.scheme == "file" else path
+    if parsed.scheme in LOCAL_SCHEMES and not path.endswith(".gz"):
+        return pa.input_stream(_local_path(parsed))  # read by Arrow itself
+    raw = _open_raw(path, access)
+    return pa.PythonFile(igzip.open(raw, "rb") if path.endswith(".gz") else raw, mode="r")
 
 
 class _Problem(Exception):
@@ -154,9 +254,10 @@ class _FileParser:
         positions: Sequence[int],
         item_column: int | None,
         itemids: pa.Array | None,
+        access: Mapping[str, S3Access],
     ) -> None:
         self.path, self.header, self.names, self.positions = path, list(header), list(names), list(positions)
-        self.item_column, self.itemids = item_column, itemids
+        self.item_column, self.itemids, self.access = item_column, itemids, access
         self.source = spark_file_name(path)
         self.bad_lines: list[str] = []
 
@@ -166,7 +267,7 @@ class _FileParser:
 
     def _open(self):
         try:
-            return _input_stream(_local_path(self.path))
+            return _input_stream(self.path, self.access)
         except _READ_ERRORS as err:
             raise _Problem(self.path, str(err)) from None
 
@@ -330,6 +431,7 @@ def _parse_partition(
     positions: Sequence[int],
     item_column: int | None,
     itemids: Sequence[int] | None,
+    access: Mapping[str, S3Access],
 ) -> Iterator[pa.RecordBatch]:
     """The task: parse the files whose indices arrive in ``batches`` (a ``spark.range``)."""
     import pyarrow as pa
@@ -338,7 +440,7 @@ def _parse_partition(
     for batch in batches:
         for index in batch.column(0).to_pylist():
             path = files[index]
-            yield from _FileParser(path, header, names, positions, item_column, wanted).batches()
+            yield from _FileParser(path, header, names, positions, item_column, wanted, access).batches()
 
 
 def read_csv(
@@ -349,9 +451,11 @@ def read_csv(
     item_column: str | None,
     itemids: Sequence[int] | None,
 ) -> DataFrame:
-    """The files (local, csv or compressed csv, each with ``header``) as the Spark reader's frame
-    plus ``__unused`` markers: ``columns`` is {declared name: name in the header}, in declared
-    order; rows of items outside ``itemids`` (of column ``item_column``) are only counted."""
+    """The files (local or S3, csv or compressed csv that :func:`arrow_can_read`, each with
+    ``header``) as the Spark reader's frame plus ``__unused`` markers: ``columns`` is {declared
+    name: name in the header}, in declared order; rows of items outside ``itemids`` (of column
+    ``item_column``) are only counted. The tasks open S3 files with the buckets' S3A settings."""
+    buckets = {urlparse(f).netloc for f in files if urlparse(f).scheme in S3_SCHEMES}
     declared = list(columns)
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
@@ -367,6 +471,7 @@ def read_csv(
         positions=[list(header).index(columns[c]) for c in declared],
         item_column=None if item_column is None else declared.index(item_column),
         itemids=None if itemids is None else [int(i) for i in itemids],
+        access={bucket: s3_access(spark, bucket) for bucket in sorted(buckets)},
     )
     # One partition per file: a partition's single id says which file its task parses.
     return spark.range(0, len(files), 1, len(files)).mapInArrow(task, schema)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
 
 from spark_jobs import delta_io
 from spark_jobs.ingest import arrow_csv
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 
 WHAT = "medmod bronze ingest"  # the Spark job description of the stage's jobs
 EVENT_TABLES = frozenset({"chartevents", "labevents"})
-# How the raw events csv is parsed: by Arrow inside the Spark task (local files), by Spark's csv
-# source, or Arrow where it can and Spark elsewhere.
+# How the raw events csv is parsed: by Arrow inside the Spark task (local or S3 files), by Spark's
+# csv source, or Arrow where it can and Spark elsewhere.
 READERS = ("auto", "arrow", "spark")
 
 DEFAULT_TABLES = (
@@ -78,8 +79,9 @@ class IngestConfig:
     ``STAGING_ROWS_PER_FILE`` rows by the parsing task (0: two partitions per core, inputs of
     8 MB and more; 1: off). ``reader``: what parses the raw csv of a filtered events table:
     ``arrow`` (Apache Arrow in the Spark task, which also drops the rows of other items before
-    they reach the JVM; local files only), ``spark`` (Spark's csv source) or ``auto`` (arrow for
-    local files, spark for the rest). Both give the same rows, rejects and counts.
+    they reach the JVM; local and S3 files, plain or gzip), ``spark`` (Spark's csv
+    source) or ``auto`` (arrow where it can, spark for the rest). Both give the same rows, rejects
+    and counts.
     """
 
     raw: str
@@ -120,14 +122,28 @@ def spread_partitions(cores: int, loc: Located, size: int, spread: int) -> int:
     return 1 if not single_task or small else max(spread or 2 * cores, 1)
 
 
-def _arrow_reads(reader: str, loc: Located) -> bool:
-    """Whether the Arrow reader parses ``loc`` (see ``IngestConfig.reader``)."""
+def _arrow_reads(reader: str, loc: Located, spark: SparkSession | None = None) -> bool:
+    """Whether the Arrow reader parses ``loc`` (see ``IngestConfig.reader``); with ``spark``, S3
+    buckets are also checked for credential providers the tasks cannot follow."""
     if reader == "spark" or loc.format != "csv":
         return False
-    local = all(arrow_csv.is_local(f) for f in loc.files)
-    if reader == "arrow" and not local:
-        raise ValueError(f"ingest reader 'arrow' reads local files only, not {loc.path}; use auto or spark")
-    return local
+    if not all(arrow_csv.arrow_can_read(f) for f in loc.files):
+        if reader == "arrow":
+            raise ValueError(
+                f"ingest reader 'arrow' reads local and S3 files (csv or .gz) only, not "
+                f"{loc.path}; use auto or spark"
+            )
+        return False
+    buckets = {urlparse(f).netloc for f in loc.files if urlparse(f).scheme in arrow_csv.S3_SCHEMES}
+    providers = sorted(
+        {p for b in buckets for p in arrow_csv.s3_access(spark, b).unsupported_providers} if spark else set()
+    )
+    if providers and reader == "arrow":
+        raise ValueError(
+            f"ingest reader 'arrow' cannot authenticate as S3A's {', '.join(providers)} does for "
+            f"{loc.path}; use auto or spark"
+        )
+    return not providers
 
 
 def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Plan:
@@ -138,7 +154,7 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Pla
     size = HadoopFs(spark).size(loc.files)
     partitions = spread_partitions(spark.sparkContext.defaultParallelism, loc, size, cfg.spread)
     unused, filtered = None, name in EVENT_TABLES and cfg.itemids is not None
-    if filtered and _arrow_reads(cfg.reader, loc):
+    if filtered and _arrow_reads(cfg.reader, loc, spark):
         header, columns = csv_columns(spark, loc, table)
         raw = arrow_csv.read_csv(spark, loc.files, header, columns, "itemid", cfg.itemids)
     else:
