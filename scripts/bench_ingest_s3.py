@@ -188,6 +188,11 @@ def report(args: argparse.Namespace, runs: list[dict], uploaded: int, facts: dic
         f"**{mean['spark'] / mean['auto']:.2f}x**.",
         f"- Same counts (rows in, kept, rejected by reason) in every run: {'yes' if same else 'NO'}.",
     ]
+    if args.cluster:
+        lines.append(
+            "- CPU s and peak RSS are the driver's process tree only: the executors run under the "
+            "worker daemon, outside it."
+        )
     if args.note:
         lines += ["", args.note]
     return "\n".join(lines) + "\n"
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     root = bench_etl.dataset(args, args.patients)
     os.environ.update(CREDENTIALS)  # the children's S3A (environment provider) and s3fs read these
+    facts = bc.machine_facts()  # the load average before the runs
     runs = []
     with (
         moto_server(args.work / "moto.log") as url,
@@ -229,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(1, args.rounds + 1):
             for reader in READERS:
                 runs.append(measure(args, url, reader, round_, master))
-    facts = bc.machine_facts()
     return bc.publish(facts, lambda f: report(args, runs, uploaded, f), args.write) and 0
 
 
