@@ -146,13 +146,17 @@ def test_many_batches_count_every_unused_row(spark, tmp_path, monkeypatch):
     """Counts of dropped rows are summed over the parser's batches (small blocks: many)."""
     from spark_jobs.ingest import arrow_csv
 
-    monkeypatch.setattr(arrow_csv, "_BLOCK_BYTES", 1 << 10)
+    monkeypatch.setattr(arrow_csv, "_BLOCK_BYTES", 1 << 10)  # read by the driver, handed to the tasks
     rows = [EV | dict(itemid=("999" if i % 5 else "220045"), valuenum=str(i)) for i in range(3000)]
     counts, kept, _ = _ingest(
         spark, tmp_path, "arrow", {"chartevents.csv.gz": gzip.compress(_text(rows).encode())}
     )
     assert counts == dict(rows_in=3000, kept=600, rejected=0, filtered_out=2400)
     assert len(kept) == 600
+    # The tasks did get small blocks: one marker row of unused rows per batch.
+    path = tmp_path / "raw/icu/chartevents.csv.gz"
+    raw = arrow_csv.read_csv(spark, [str(path)], COLUMNS, {c: c for c in COLUMNS}, "itemid", WANTED)
+    assert raw.where("__unused IS NOT NULL").count() > 50
 
 
 def test_truncated_gzip_names_the_file(spark, tmp_path):

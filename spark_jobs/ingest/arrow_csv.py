@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
+# Bytes of text per batch the reader parses; read by the driver and handed to the tasks (a test
+# that sets it smaller gets many batches in the Python workers too).
 _BLOCK_BYTES = 8 << 20
 # What reading a damaged file raises: Arrow's and Python's I/O errors, a gzip stream cut short
 # (EOFError) and ISA-L's inflate errors (not OSErrors) alike; S3 errors that s3fs passes on as
@@ -255,7 +257,9 @@ class _FileParser:
         item_column: int | None,
         itemids: pa.Array | None,
         access: Mapping[str, S3Access],
+        block_bytes: int = _BLOCK_BYTES,
     ) -> None:
+        self.block_bytes = block_bytes
         self.path, self.header, self.names, self.positions = path, list(header), list(names), list(positions)
         self.item_column, self.itemids, self.access = item_column, itemids, access
         self.source = spark_file_name(path)
@@ -299,7 +303,7 @@ class _FileParser:
             return pcsv.open_csv(
                 self._open(),
                 read_options=pcsv.ReadOptions(
-                    block_size=_BLOCK_BYTES, use_threads=False, column_names=positional, skip_rows=1
+                    block_size=self.block_bytes, use_threads=False, column_names=positional, skip_rows=1
                 ),
                 parse_options=pcsv.ParseOptions(
                     double_quote=True, newlines_in_values=True, invalid_row_handler=self._on_invalid_row
@@ -432,6 +436,7 @@ def _parse_partition(
     item_column: int | None,
     itemids: Sequence[int] | None,
     access: Mapping[str, S3Access],
+    block_bytes: int,
 ) -> Iterator[pa.RecordBatch]:
     """The task: parse the files whose indices arrive in ``batches`` (a ``spark.range``)."""
     import pyarrow as pa
@@ -440,7 +445,8 @@ def _parse_partition(
     for batch in batches:
         for index in batch.column(0).to_pylist():
             path = files[index]
-            yield from _FileParser(path, header, names, positions, item_column, wanted, access).batches()
+            parser = _FileParser(path, header, names, positions, item_column, wanted, access, block_bytes)
+            yield from parser.batches()
 
 
 def read_csv(
@@ -472,6 +478,7 @@ def read_csv(
         item_column=None if item_column is None else declared.index(item_column),
         itemids=None if itemids is None else [int(i) for i in itemids],
         access={bucket: s3_access(spark, bucket) for bucket in sorted(buckets)},
+        block_bytes=_BLOCK_BYTES,
     )
     # One partition per file: a partition's single id says which file its task parses.
     return spark.range(0, len(files), 1, len(files)).mapInArrow(task, schema)
