@@ -59,7 +59,7 @@ _MAX_ID_DIGITS = 18  # fits int64: longer digit strings are left to Spark's typi
 # Where the task can open a file itself: local paths, and S3 (through s3fs, with the settings
 # S3A has for the bucket; see :func:`s3_access`). Other schemes keep the Spark reader.
 LOCAL_SCHEMES = ("", "file")
-S3_SCHEMES = ("s3a", "s3", "s3n")
+S3_SCHEMES = ("s3a", "s3")  # s3:// is S3A too (spark_jobs.session)
 
 
 def arrow_can_read(path: str) -> bool:
@@ -145,7 +145,7 @@ def s3_access(spark: SparkSession, bucket: str) -> S3Access:
         endpoint = ("https://" if ssl else "http://") + endpoint
     return S3Access(
         endpoint_url=endpoint,
-        region=get("endpoint.region") or get("region"),
+        region=get("endpoint.region"),
         path_style=(get("path.style.access") or "false").lower() == "true",
         anonymous="AnonymousAWSCredentialsProvider" in providers,
         unsupported_providers=tuple(p for p in providers if p.rsplit(".", 1)[-1] not in _LIKE_S3FS),
