@@ -75,12 +75,15 @@ def _kind(proc: psutil.Process, root_pid: int) -> str:
     """driver_python (the root), jvm, python_workers or other (launcher shells, helpers)."""
     if proc.pid == root_pid:
         return "driver_python"
-    name = proc.name().lower()
-    if name.startswith("java"):
+    if _is_jvm(proc):
         return "jvm"
-    if name.startswith("python"):
+    if proc.name().lower().startswith("python"):
         return "python_workers"
     return "other"
+
+
+def _is_jvm(proc: psutil.Process) -> bool:
+    return proc.name().lower().startswith("java")
 
 
 def _is_launch_in_progress(proc: psutil.Process, parent: psutil.Process | None) -> bool:
@@ -91,7 +94,7 @@ def _is_launch_in_progress(proc: psutil.Process, parent: psutil.Process | None) 
     shows the JVM's whole RSS, which summed with the JVM's own doubled the "peak" of some runs.
     A process that a JVM really starts has a command line of its own once it runs.
     """
-    if parent is None or not parent.name().lower().startswith("java"):
+    if parent is None or not _is_jvm(parent):
         return False
     return proc.exe() == parent.exe() and proc.cmdline() == parent.cmdline()
 

@@ -74,7 +74,7 @@ def arrow_can_read(path: str) -> bool:
 def spark_file_name(path: str) -> str:
     """``path`` as Spark's ``input_file_name()`` writes it (``file:///a/b``), for ``_source``."""
     parsed = urlparse(path)
-    if parsed.scheme in ("", "file"):
+    if parsed.scheme in LOCAL_SCHEMES:
         return "file://" + (parsed.path if parsed.path.startswith("/") else "/" + parsed.path)
     return path
 
@@ -153,6 +153,12 @@ def s3_access(spark: SparkSession, bucket: str) -> S3Access:
         secret=get("secret.key"),
         token=get("session.token"),
     )
+
+
+def s3_accesses(spark: SparkSession, files: Sequence[str]) -> dict[str, S3Access]:
+    """{bucket: :func:`s3_access`} of the buckets that ``files`` on S3 are in."""
+    buckets = {urlparse(f).netloc for f in files if urlparse(f).scheme in S3_SCHEMES}
+    return {bucket: s3_access(spark, bucket) for bucket in sorted(buckets)}
 
 
 def _open_raw(path: str, access: Mapping[str, S3Access]):
@@ -461,7 +467,6 @@ def read_csv(
     ``header``) as the Spark reader's frame plus ``__unused`` markers: ``columns`` is {declared
     name: name in the header}, in declared order; rows of items outside ``itemids`` (of column
     ``item_column``) are only counted. The tasks open S3 files with the buckets' S3A settings."""
-    buckets = {urlparse(f).netloc for f in files if urlparse(f).scheme in S3_SCHEMES}
     declared = list(columns)
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
@@ -477,7 +482,7 @@ def read_csv(
         positions=[list(header).index(columns[c]) for c in declared],
         item_column=None if item_column is None else declared.index(item_column),
         itemids=None if itemids is None else [int(i) for i in itemids],
-        access={bucket: s3_access(spark, bucket) for bucket in sorted(buckets)},
+        access=s3_accesses(spark, files),
         block_bytes=_BLOCK_BYTES,
     )
     # One partition per file: a partition's single id says which file its task parses.

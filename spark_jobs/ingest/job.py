@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlparse
 
 from spark_jobs import delta_io
 from spark_jobs.ingest import arrow_csv
@@ -134,10 +133,8 @@ def _arrow_reads(reader: str, loc: Located, spark: SparkSession | None = None) -
                 f"{loc.path}; use auto or spark"
             )
         return False
-    buckets = {urlparse(f).netloc for f in loc.files if urlparse(f).scheme in arrow_csv.S3_SCHEMES}
-    providers = sorted(
-        {p for b in buckets for p in arrow_csv.s3_access(spark, b).unsupported_providers} if spark else set()
-    )
+    accesses = arrow_csv.s3_accesses(spark, loc.files) if spark else {}
+    providers = sorted({p for access in accesses.values() for p in access.unsupported_providers})
     if providers and reader == "arrow":
         raise ValueError(
             f"ingest reader 'arrow' cannot authenticate as S3A's {', '.join(providers)} does for "
