@@ -112,6 +112,14 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         # value whose dictionary encoding hashes byte arrays: cheaper to write and to read back,
         # and the standard type for other Parquet readers (BENCHMARKS.md).
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        # Dates and times before 1582 as they are (the proleptic Gregorian calendar Spark computes
+        # in, as other Parquet writers, Arrow's among them, store them): Spark's default fails a
+        # write or read of such a value, even a garbage year in a raw file that is to be kept.
+        **{
+            f"spark.sql.parquet.{kind}RebaseModeIn{way}": "CORRECTED"
+            for kind in ("datetime", "int96")
+            for way in ("Write", "Read")
+        },
         "spark.driver.memory": cfg.driver_memory,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",

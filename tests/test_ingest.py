@@ -504,11 +504,18 @@ def _encodings(folder: Path) -> dict[str, set[str]]:
 def test_staging_columns_plain_encoded_bronze_keeps_dictionaries(spark, tmp_path, monkeypatch):
     """The staging table, written once and read once, skips Parquet dictionaries (CPU); the
     bronze table, read by every later stage, keeps them."""
+    from spark_jobs.ingest.writer import arrow_parts_path
+
     staged: dict[str, dict[str, set[str]]] = {}
     drop = ingest.job.drop_staging
 
     def inspect_then_drop(spark_, plans, out):
-        staged.update({p.name: _encodings(Path(ingest.staging_path(out, p.name))) for p in plans})
+        for p in plans:  # the staging table, and the parts the Arrow reader's tasks wrote
+            folders = (ingest.staging_path(out, p.name), arrow_parts_path(out, p.name))
+            staged[p.name] = {}
+            for found in (_encodings(Path(f)) for f in folders):
+                for column, encodings in found.items():
+                    staged[p.name].setdefault(column, set()).update(encodings)
         drop(spark_, plans, out)
 
     monkeypatch.setattr(ingest.job, "drop_staging", inspect_then_drop)

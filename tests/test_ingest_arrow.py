@@ -58,6 +58,35 @@ BROKEN_LINES = (
 )
 
 
+NEAR_PLAIN = [
+    EV | change
+    for change in (
+        dict(subject_id="007"),  # plain: leading zeros
+        dict(hadm_id=""),  # absent, not required
+        dict(stay_id=""),  # absent and required: null_id
+        dict(stay_id=" 100"),
+        dict(hadm_id="10.0"),
+        dict(charttime="2180-02-30 10:00:00"),  # no such day: bad_timestamp
+        dict(charttime="2180-02-29 10:00:00"),  # a leap day: plain
+        dict(charttime="2180-01-01T10:00:00"),
+        dict(charttime="2180-01-01 10:00:00.250"),
+        dict(charttime="2180-01-01 24:00:00"),
+        dict(storetime="0999-01-01 00:00:00"),  # typed by Spark, kept as it is (no calendar rebase)
+        dict(storetime="1200-01-01 00:00:00"),  # plain
+        dict(valuenum="1e5"),
+        dict(valuenum="+5"),
+        dict(valuenum=".5"),
+        dict(valuenum="5."),
+        dict(valuenum="-0"),
+        dict(valuenum="NaN"),
+        dict(valuenum="0.1000000000000000055511151231257827"),
+        dict(warning="1"),
+        dict(warning="1234567890"),
+        dict(value="caf\ufffd"),  # U+FFFD in valid UTF-8: bad_encoding
+    )
+]
+
+
 def _text(rows: list[dict], extra: tuple[str, ...] = (), header: list[str] | None = None) -> str:
     return csv_text(header or COLUMNS, rows, extra_lines=extra)
 
@@ -103,6 +132,9 @@ CASES = {
             _rows(12) + [EV | dict(value="line one\nline two"), EV | dict(value="a\r\nb")]
         ).encode()
     },
+    # Values just outside the plain forms the Arrow reader types itself (arrow_typing): Spark
+    # types those rows; absent optional values and a missing required id in otherwise clean rows.
+    "near_plain_values": {"chartevents.csv.gz": gzip.compress(_text(_rows(12) + NEAR_PLAIN).encode())},
     "latin1_and_crlf": {
         "chartevents.csv": _text(_rows(12)).replace("\n", "\r\n").encode()
         + "1,10,100,,2180-01-01 10:00:00,,220045,\xe9t\xe9,5,\xb0C,\r\n".encode("latin-1")
@@ -133,10 +165,23 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_arrow_reader_gives_what_the_spark_reader_gives(spark, tmp_path, case):
+def test_arrow_reader_gives_what_the_spark_reader_gives(spark, tmp_path, case, monkeypatch):
+    from spark_jobs.ingest.writer import arrow_parts_path
+
+    parts: dict[str, int] = {}  # parquet files the Arrow reader's tasks staged, by reader
+    drop = ingest.job.drop_staging
+
+    def count_then_drop(spark_, plans, out):
+        found = Path(arrow_parts_path(out, "chartevents"))
+        parts[Path(out).name] = len(list(found.glob("*.parquet"))) if found.exists() else 0
+        drop(spark_, plans, out)
+
+    monkeypatch.setattr(ingest.job, "drop_staging", count_then_drop)
     arrow = _ingest(spark, tmp_path, "arrow", CASES[case])
     reference = _ingest(spark, tmp_path, "spark", CASES[case])
     assert arrow == reference
+    # The clean rows were typed by the Arrow reader's tasks (but for the case read again by Spark).
+    assert parts["out-spark"] == 0 and (parts["out-arrow"] > 0) is (case != "latin1_malformed_line")
     counts = arrow[0]
     assert counts["rows_in"] == counts["kept"] + counts["rejected"] + counts["filtered_out"]
     assert counts["kept"] > 0 and counts["filtered_out"] > 0

@@ -36,6 +36,29 @@ def test_delta_files_store_timestamps_as_int64_microseconds(spark, tmp_path):
     assert [r.charttime for r in back] == when
 
 
+def test_times_before_1582_are_written_and_read_as_they_are(spark, tmp_path):
+    """Spark's default fails on such values (and a garbage year in a raw file is one); they are
+    stored in the proleptic calendar, as Arrow stores them, and read back unchanged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    micros = [-30610224000000000, -12244089600000000, 6626966400000000]  # years 1000, 1582, 2180
+    frame = spark.createDataFrame([(i, m) for i, m in enumerate(micros)], "id long, m long")
+    frame.select("id", F.timestamp_micros("m").alias("t")).write.format("delta").save(str(tmp_path / "d"))
+    arrow = pa.table(
+        {"id": pa.array(range(3), pa.int64()), "t": pa.array(micros, pa.timestamp("us", tz="UTC"))}
+    )
+    pq.write_table(arrow, tmp_path / "a.parquet")
+    for back in (
+        spark.read.format("delta").load(str(tmp_path / "d")),
+        spark.read.parquet(str(tmp_path / "a.parquet")),
+    ):
+        assert [
+            r.m for r in back.select("id", F.unix_micros("t").alias("m")).orderBy("id").collect()
+        ] == micros
+
+
 def test_s3a_settings_come_from_config_not_files():
     conf = spark_conf(SparkConfig(s3=S3Config(endpoint="http://127.0.0.1:9000", path_style=True, ssl=False)))
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"

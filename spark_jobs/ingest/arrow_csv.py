@@ -36,9 +36,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from isal import igzip
 from isal.igzip_lib import IsalError
 
+from spark_jobs.ingest import arrow_typing
 from spark_jobs.ingest.errors import ARROW_CANNOT_READ, PYTHON_INPUT_ERROR
 from spark_jobs.ingest.files import is_compressed
-from spark_jobs.ingest.staging import CORRUPT, SOURCE, UNUSED, header_names
+from spark_jobs.ingest.staging import ARROW_STAGED, CORRUPT, REASON, RECORD, SOURCE, UNUSED, header_names
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -174,6 +175,11 @@ def _local_path(parsed: ParseResult) -> str:
     return unquote(parsed.path) if parsed.scheme == "file" else parsed.geturl()
 
 
+def local_path(path: str) -> str:
+    """A local ``path`` or ``file:`` URL as a path of the local file system."""
+    return _local_path(urlparse(path))
+
+
 def _input_stream(path: str, access: Mapping[str, S3Access]):
     """``path`` opened for reading, decompressed by its extension. Gzip (how MIMIC ships) goes
     through ISA-L's inflate rather than the zlib inside Arrow (figures in BENCHMARKS.md): the
@@ -251,6 +257,80 @@ def _wanted(items: pa.Array, itemids: pa.Array) -> pa.Array:
     return pc.or_(pc.invert(plain), pc.is_in(numbers, value_set=itemids))
 
 
+@dataclass(frozen=True)
+class ArrowStaging:
+    """The task's own share of the staging copy (:mod:`~spark_jobs.ingest.arrow_typing`): the
+    clean rows, typed, go to Parquet parts in ``folder`` (a local path) in the staging table's
+    columns; the other rows go on to Spark."""
+
+    folder: str
+    logicals: tuple[str, ...]  # of the declared columns, in order
+    required: tuple[bool, ...]  # whether each must be present (the table's required ids)
+    rows_per_file: int
+
+    def schema(self) -> pa.Schema:
+        import pyarrow as pa
+
+        return pa.schema(
+            [
+                (REASON, pa.string()),
+                *[(f"__v{i}", arrow_typing.arrow_type(t)) for i, t in enumerate(self.logicals)],
+                (SOURCE, pa.string()),
+                (RECORD, pa.string()),
+            ]
+        )
+
+
+class _PartWriter:
+    """Parquet parts of at most ``rows_per_file`` rows, named by file index and sequence (a
+    retried task writes the same names again); each appears under its name once complete."""
+
+    def __init__(self, staging: ArrowStaging, file_index: int) -> None:
+        self.staging, self.file_index = staging, file_index
+        self.schema = staging.schema()
+        self.writer, self.rows, self.sequence, self.name = None, 0, 0, ""
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        offset = 0
+        while offset < batch.num_rows:
+            if self.writer is None:
+                self._open()
+            room = self.staging.rows_per_file - self.rows if self.staging.rows_per_file else batch.num_rows
+            piece = batch.slice(offset, room)
+            self.writer.write_batch(piece)
+            self.rows += piece.num_rows
+            offset += piece.num_rows
+            if self.staging.rows_per_file and self.rows >= self.staging.rows_per_file:
+                self.close()
+
+    def _open(self) -> None:
+        import os
+
+        import pyarrow.parquet as pq
+
+        os.makedirs(self.staging.folder, exist_ok=True)
+        self.name = os.path.join(
+            self.staging.folder, f"part-{self.file_index:05d}-{self.sequence:05d}.parquet"
+        )
+        # Hidden ('.') while written: Spark's reader skips such names.
+        self.writer = pq.ParquetWriter(
+            self._partial(), self.schema, compression="snappy", use_dictionary=False, write_statistics=False
+        )
+
+    def _partial(self) -> str:
+        import os
+
+        return os.path.join(os.path.dirname(self.name), "." + os.path.basename(self.name) + ".partial")
+
+    def close(self) -> None:
+        import os
+
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self._partial(), self.name)
+            self.writer, self.rows, self.sequence = None, 0, self.sequence + 1
+
+
 class _FileParser:
     """Turns one raw file into output batches (see the module docstring)."""
 
@@ -264,12 +344,16 @@ class _FileParser:
         itemids: pa.Array | None,
         access: Mapping[str, S3Access],
         block_bytes: int = _BLOCK_BYTES,
+        staging: ArrowStaging | None = None,
+        file_index: int = 0,
     ) -> None:
         self.block_bytes = block_bytes
         self.path, self.header, self.names, self.positions = path, list(header), list(names), list(positions)
         self.item_column, self.itemids, self.access = item_column, itemids, access
         self.source = spark_file_name(path)
         self.bad_lines: list[str] = []
+        self.staging = staging
+        self.parts = _PartWriter(staging, file_index) if staging is not None else None
 
     def _on_invalid_row(self, row) -> str:
         self.bad_lines.append(row.text)
@@ -358,6 +442,8 @@ class _FileParser:
             yield from self._convert(batch)
             yield from self._flush_bad_lines()
         yield from self._flush_bad_lines()
+        if self.parts is not None:
+            self.parts.close()
 
     def _check_header(self, found: Sequence[str]) -> None:
         if [n.lower() for n in found] != [n.lower() for n in self.header]:
@@ -383,10 +469,43 @@ class _FileParser:
             before = len(columns[0])
             columns = [pc.filter(c, wanted) for c in columns]
             unused = before - len(columns[0])
+        staged = 0
         if len(columns[0]):
-            yield self._out([_as_text(c) for c in columns], corrupt=None)
-        if unused:
-            yield self._marker(unused)
+            texts = [_as_text(c) for c in columns]
+            texts, staged = self._stage_clean(texts)
+            if len(texts[0]):
+                yield self._out(texts, corrupt=None)
+        if unused or staged:
+            yield self._marker(unused, staged)
+
+    def _stage_clean(self, texts: list[pa.Array]) -> tuple[list[pa.Array], int]:
+        """Write the clean rows of ``texts`` to the parts (typed); (the other rows, how many
+        were written)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.staging is None:
+            return texts, 0
+        mask, typed = arrow_typing.clean_rows(texts, self.staging.logicals, self.staging.required)
+        if mask is None:
+            return texts, 0
+        every = pc.all(mask).as_py()
+        if not every:
+            typed = [pc.filter(c, mask) for c in typed]
+        n = len(typed[0])
+        self.parts.write(
+            pa.RecordBatch.from_arrays(
+                [
+                    pa.nulls(n, pa.string()),
+                    *typed,
+                    pa.repeat(pa.scalar(self.source, pa.string()), n),
+                    pa.nulls(n, pa.string()),
+                ],
+                schema=self.parts.schema,
+            )
+        )
+        rest = [] if every else [pc.filter(c, pc.invert(mask)) for c in texts]
+        return rest or [c.slice(0, 0) for c in texts], n
 
     def _split_records(self, columns: Sequence[pa.Array], broken: pa.Array) -> None:
         import pyarrow.compute as pc
@@ -409,6 +528,7 @@ class _FileParser:
                 corrupt if corrupt is not None else pa.nulls(n, pa.string()),
                 pa.repeat(pa.scalar(self.source, pa.string()), n),
                 pa.nulls(n, pa.int64()),
+                pa.nulls(n, pa.int64()),
             ],
             names=output_names(self.names),
         )
@@ -420,17 +540,18 @@ class _FileParser:
         empty = [pa.nulls(n, pa.string()) for _ in self.positions]
         return self._out(empty, corrupt=pa.array(list(lines), pa.string()))
 
-    def _marker(self, unused: int) -> pa.RecordBatch:
+    def _marker(self, unused: int, staged: int) -> pa.RecordBatch:
         import pyarrow as pa
 
         empty = [pa.nulls(1, pa.string()) for _ in (*self.positions, CORRUPT, SOURCE)]
         return pa.RecordBatch.from_arrays(
-            [*empty, pa.array([unused], pa.int64())], names=output_names(self.names)
+            [*empty, pa.array([unused], pa.int64()), pa.array([staged], pa.int64())],
+            names=output_names(self.names),
         )
 
 
 def output_names(header: Sequence[str]) -> list[str]:
-    return [*header, CORRUPT, SOURCE, UNUSED]
+    return [*header, CORRUPT, SOURCE, UNUSED, ARROW_STAGED]
 
 
 def _parse_partition(
@@ -443,6 +564,7 @@ def _parse_partition(
     itemids: Sequence[int] | None,
     access: Mapping[str, S3Access],
     block_bytes: int,
+    staging: ArrowStaging | None,
 ) -> Iterator[pa.RecordBatch]:
     """The task: parse the files whose indices arrive in ``batches`` (a ``spark.range``)."""
     import pyarrow as pa
@@ -451,7 +573,9 @@ def _parse_partition(
     for batch in batches:
         for index in batch.column(0).to_pylist():
             path = files[index]
-            parser = _FileParser(path, header, names, positions, item_column, wanted, access, block_bytes)
+            parser = _FileParser(
+                path, header, names, positions, item_column, wanted, access, block_bytes, staging, index
+            )
             yield from parser.batches()
 
 
@@ -462,17 +586,20 @@ def read_csv(
     columns: Mapping[str, str],
     item_column: str | None,
     itemids: Sequence[int] | None,
+    staging: ArrowStaging | None = None,
 ) -> DataFrame:
     """The files (local or S3, csv or compressed csv that :func:`arrow_can_read`, each with
-    ``header``) as the Spark reader's frame plus ``__unused`` markers: ``columns`` is {declared
-    name: name in the header}, in declared order; rows of items outside ``itemids`` (of column
-    ``item_column``) are only counted. The tasks open S3 files with the buckets' S3A settings."""
+    ``header``) as the Spark reader's frame plus ``__unused`` / ``__arrow_staged`` markers:
+    ``columns`` is {declared name: name in the header}, in declared order; rows of items outside
+    ``itemids`` (of column ``item_column``) are only counted. With ``staging``, the clean rows
+    are typed and written to its parts by the tasks, and only counted in the frame. The tasks
+    open S3 files with the buckets' S3A settings."""
     declared = list(columns)
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
     schema = StructType(
         [StructField(n, StringType()) for n in (*declared, CORRUPT, SOURCE)]
-        + [StructField(UNUSED, LongType())]
+        + [StructField(UNUSED, LongType()), StructField(ARROW_STAGED, LongType())]
     )
     task = partial(
         _parse_partition,
@@ -484,6 +611,7 @@ def read_csv(
         itemids=None if itemids is None else [int(i) for i in itemids],
         access=s3_accesses(spark, files),
         block_bytes=_BLOCK_BYTES,
+        staging=staging,
     )
     # One partition per file: a partition's single id says which file its task parses.
     return spark.range(0, len(files), 1, len(files)).mapInArrow(task, schema)

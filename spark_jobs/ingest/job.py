@@ -9,14 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
 
 from spark_jobs import delta_io
 from spark_jobs.ingest import arrow_csv
 from spark_jobs.ingest.errors import NeedsSparkReader
 from spark_jobs.ingest.files import HadoopFs, Located, is_compressed, locate, resolve_layout
-from spark_jobs.ingest.staging import STAGE, csv_columns, keep_wanted, read_raw, stage_rows
+from spark_jobs.ingest.staging import STAGE, csv_columns, keep_wanted, read_raw, required_ids, stage_rows
 from spark_jobs.ingest.writer import (
     Plan,
+    arrow_parts_path,
     count_staged,
     drop_staging,
     plain_encode_staging,
@@ -143,7 +145,7 @@ def _arrow_reads(reader: str, loc: Located, spark: SparkSession | None = None) -
     return not providers
 
 
-def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Plan:
+def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str, out: str) -> Plan:
     """Locate table ``name``, check its header and build the frame its one raw pass writes."""
     root, table = _table(cfg, name, layout)
     loc = locate(spark, root, table)
@@ -151,22 +153,41 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str) -> Pla
     size = HadoopFs(spark).size(loc.files)
     partitions = spread_partitions(spark.sparkContext.defaultParallelism, loc, size, cfg.spread)
     unused, filtered = None, name in EVENT_TABLES and cfg.itemids is not None
+    # The task that parses a filtered events table also types the few rows worth it (on MIMIC,
+    # ~18% of chartevents): spreading every raw row would cost more than it saves. It writes
+    # them to several files instead, so that the later reads are parallel.
+    rows_per_file = STAGING_ROWS_PER_FILE if filtered and partitions > 1 else 0
+    arrow_staging = None
     if filtered and _arrow_reads(cfg.reader, loc, spark):
         header, columns = csv_columns(spark, loc, table)
-        raw = arrow_csv.read_csv(spark, loc.files, header, columns, "itemid", cfg.itemids)
+        arrow_staging = _arrow_staging(out, table, rows_per_file)
+        raw = arrow_csv.read_csv(spark, loc.files, header, columns, "itemid", cfg.itemids, arrow_staging)
     else:
         raw = read_raw(spark, loc, table)
     if filtered:
-        # The task that parses also types the few rows worth it (on MIMIC, ~18% of
-        # chartevents): spreading every raw row would cost more than it saves. It writes them
-        # to several files instead, so that the later reads are parallel.
         raw, unused = keep_wanted(raw, cfg.itemids)
-        rows_per_file = STAGING_ROWS_PER_FILE if partitions > 1 else 0
     else:
         raw, rows_per_file = raw.repartition(partitions) if partitions > 1 else raw, 0
     staged, tally = tallied(stage_rows(raw, table))
     in_memory = not filtered and size < _IN_MEMORY_MAX_BYTES
-    return Plan(name, table, loc, size, staged, unused, rows_per_file, tally, in_memory)
+    return Plan(
+        name, table, loc, size, staged, unused, rows_per_file, tally, in_memory, arrow_staging is not None
+    )
+
+
+def _arrow_staging(out: str, table: RawTable, rows_per_file: int) -> arrow_csv.ArrowStaging | None:
+    """What the Arrow reader's tasks stage themselves: the clean rows, typed (arrow_typing), to
+    Parquet parts beside the staging table. None when ``out`` is not a local path: the tasks
+    write with the local file system, so elsewhere all rows go on to Spark."""
+    if urlparse(out).scheme not in arrow_csv.LOCAL_SCHEMES:
+        return None
+    required = set(required_ids(table))
+    return arrow_csv.ArrowStaging(
+        folder=arrow_csv.local_path(arrow_parts_path(out, table.name)),
+        logicals=tuple(logical for _, logical in table.columns),
+        required=tuple(c in required for c in table.column_names),
+        rows_per_file=rows_per_file,
+    )
 
 
 def _stage(
@@ -179,7 +200,7 @@ def _stage(
         return plan
     except NeedsSparkReader as err:
         log.warning("%s\n-> reading %s again with Spark's csv reader", err, plan.name)
-        plan = _plan(spark, dataclasses.replace(cfg, reader="spark"), plan.name, layout)
+        plan = _plan(spark, dataclasses.replace(cfg, reader="spark"), plan.name, layout, out)
         write_staging(spark, plan, out, metadata)
         return plan
 
@@ -212,7 +233,7 @@ def run(
     layout = resolve_layout(spark, cfg.raw, cfg.layout) if needs_mimic else "v2"
     # Locating files and reading headers is driver-side waiting on the file system: all at once.
     plans = in_parallel(
-        spark, [partial(_plan, spark, cfg, name, layout) for name in cfg.tables], len(cfg.tables), WHAT
+        spark, [partial(_plan, spark, cfg, name, layout, out) for name in cfg.tables], len(cfg.tables), WHAT
     )
     workers = cfg.concurrency or spark.sparkContext.defaultParallelism
     # Biggest inputs first: the longest single-task read starts at once, small tables fill in.

@@ -32,6 +32,8 @@ WANTED = "__wanted"
 FILTERED_OUT = "filtered_out"
 # Marker rows of a reader that drops rows of unused items itself: how many it dropped.
 UNUSED = "__unused"
+# ... and how many clean rows it typed and wrote to the staging copy itself (arrow_typing).
+ARROW_STAGED = "__arrow_staged"
 REPLACEMENT_CHAR = "\ufffd"
 
 # Ids a row is useless without: the joins of the later stages. Everything else may be null
@@ -223,7 +225,8 @@ def keep_wanted(raw: DataFrame, itemids: Sequence[int]) -> tuple[DataFrame, Obse
     others (``filtered_out``) as the rows go by: they are neither typed nor written anywhere.
 
     ``raw`` may come with ``__unused`` marker rows (a reader that dropped rows of unused items
-    while parsing, :mod:`~spark_jobs.ingest.arrow_csv`): their counts join ``filtered_out``.
+    while parsing, :mod:`~spark_jobs.ingest.arrow_csv`): their counts join ``filtered_out``;
+    their ``__arrow_staged`` counts (rows the reader staged itself) are summed as ``ARROW_STAGED``.
 
     Read the observation only after an action on the returned frame succeeded (it waits for
     one). Write the frame without a shuffle in between, so that the count is taken in the stage
@@ -238,15 +241,24 @@ def keep_wanted(raw: DataFrame, itemids: Sequence[int]) -> tuple[DataFrame, Obse
     marker = F.col(UNUSED).isNotNull() if UNUSED in raw.columns else F.lit(False)
     marked = raw.withColumn(WANTED, ~marker & item_wanted(raw, itemids))
     dropped = F.count_if(~F.col(WANTED) & ~marker)
+    metrics = []
     if UNUSED in raw.columns:
         dropped = dropped + F.coalesce(F.sum(F.col(UNUSED)), F.lit(0))
-    observed = marked.observe(counted, dropped.alias(FILTERED_OUT))
-    return observed.where(F.col(WANTED)).drop(WANTED, UNUSED), counted
+    if ARROW_STAGED in raw.columns:
+        metrics.append(F.coalesce(F.sum(F.col(ARROW_STAGED)), F.lit(0)).alias(ARROW_STAGED))
+    observed = marked.observe(counted, dropped.alias(FILTERED_OUT), *metrics)
+    return observed.where(F.col(WANTED)).drop(WANTED, UNUSED, ARROW_STAGED), counted
 
 
 def _is_id(column: str) -> bool:
     """MIMIC's identifiers (``subject_id``, ``itemid``, ...) are positive; a negative one is bad."""
     return column.endswith("_id") or column == "itemid"
+
+
+def required_ids(table: RawTable) -> tuple[str, ...]:
+    """The columns a row of ``table`` is rejected without (``null_id``)."""
+    default = ("subject_id",) if "subject_id" in table.column_names else ()
+    return REQUIRED_IDS.get(table.name, default)
 
 
 def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
@@ -266,8 +278,7 @@ def _tag(raw: DataFrame, table: RawTable) -> DataFrame:
     checks: list[Column] = []
     if CORRUPT in source_types:
         checks.append(F.when(F.col(CORRUPT).isNotNull(), F.lit("malformed_line")))
-    default_ids = ("subject_id",) if "subject_id" in index else ()
-    for c in REQUIRED_IDS.get(table.name, default_ids):
+    for c in required_ids(table):
         checks.append(F.when(~F.coalesce(F.col(f"__p{index[c]}"), F.lit(False)), F.lit(f"null_id:{c}")))
     for i, (_, logical) in enumerate(table.columns):
         bad = F.coalesce(F.col(f"__p{i}"), F.lit(False)) & F.col(f"__v{i}").isNull()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from spark_jobs import delta_io
 from spark_jobs.ingest.errors import IngestError, naming_files
 from spark_jobs.ingest.files import HadoopFs, Located, join
-from spark_jobs.ingest.staging import FILTERED_OUT, REASON, RECORD, unstage
+from spark_jobs.ingest.staging import ARROW_STAGED, FILTERED_OUT, REASON, RECORD, unstage
 from spark_jobs.mimic_schema import RawTable
 from spark_jobs.quality import empty_rejects
 
@@ -37,6 +37,12 @@ def staging_path(out: str, table: str) -> str:
     return join(out, f"bronze/{STAGING}/{table}")
 
 
+def arrow_parts_path(out: str, table: str) -> str:
+    """Where the Arrow reader's tasks write the clean rows they typed themselves (Parquet parts
+    in the staging table's columns, see ``arrow_typing``); read as part of the staging copy."""
+    return join(out, f"bronze/{STAGING}/{table}.arrow")
+
+
 class Plan(NamedTuple):
     """One table of the run: where it is and the staged frame its single raw pass writes."""
 
@@ -54,6 +60,9 @@ class Plan(NamedTuple):
     # True: a small input, staged in Spark's cache (memory, spilling to disk) instead of a staging
     # Delta table: a table write, its commit and a read back cost more than its rows.
     in_memory: bool = False
+    # True: the Arrow reader's tasks stage the clean rows themselves (arrow_parts_path); their
+    # count is the ARROW_STAGED metric of ``unused``.
+    arrow_parts: bool = False
 
 
 def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
@@ -93,6 +102,8 @@ def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[s
     fs = HadoopFs(spark)
     if not plan.in_memory:
         fs.delete(path)  # left over by a killed run: start clean
+    # Also when this plan writes none: an Arrow attempt that gave way to Spark's reader wrote some.
+    fs.delete(arrow_parts_path(out, plan.name))
     # File statistics on __reason only (the first column): files without rejects are skipped
     # when the quarantine is read, and the single-task raw pass computes no stats it never uses.
     options: dict[str, Any] = {"delta.dataSkippingNumIndexedCols": "1"}
@@ -111,7 +122,19 @@ def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[s
 def _read_staged(spark: SparkSession, out: str, plan: Plan) -> DataFrame:
     if plan.in_memory:
         return plan.staged  # persisted by the staging step
-    return delta_io.read_table(spark, staging_path(out, plan.name))
+    staged = delta_io.read_table(spark, staging_path(out, plan.name))
+    if not plan.arrow_parts or not _arrow_staged(plan):
+        return staged
+    # The staged frame's schema: the parts hold the same columns, typed by Arrow.
+    parts = spark.read.schema(plan.staged.schema).parquet(arrow_parts_path(out, plan.name))
+    return staged.unionByName(parts)
+
+
+def _arrow_staged(plan: Plan) -> int:
+    """Rows the Arrow reader's tasks typed and staged themselves (0 for other plans)."""
+    if not plan.arrow_parts or plan.unused is None:
+        return 0
+    return int(plan.unused.get.get(ARROW_STAGED) or 0)
 
 
 def count_staged(
@@ -128,7 +151,8 @@ def count_staged(
     totals = {}
     for p in plans:
         tally = p.tally.get
-        kept, rejected = int(tally["kept"]), int(tally["rows"]) - int(tally["kept"])
+        # Rows the Arrow reader staged itself are clean: kept.
+        kept, rejected = int(tally["kept"]) + _arrow_staged(p), int(tally["rows"]) - int(tally["kept"])
         filtered_out = int(p.unused.get.get(FILTERED_OUT) or 0) if p.unused is not None else 0
         totals[p.name] = {
             "rows_in": kept + rejected + filtered_out,
@@ -198,4 +222,5 @@ def drop_staging(spark: SparkSession, plans: Sequence[Plan], out: str) -> None:
             p.staged.unpersist()
         else:
             fs.delete(staging_path(out, p.name))
+        fs.delete(arrow_parts_path(out, p.name))
     fs.delete_if_empty(join(out, f"bronze/{STAGING}"))
