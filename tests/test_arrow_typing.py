@@ -180,3 +180,20 @@ def test_the_task_stages_clean_rows_typed_and_passes_on_the_rest(tmp_path):
         assert typed["__v4"].isoformat() == "2180-01-01T10:00:00+00:00"
         assert (typed["__v8"], typed["__v9"], typed["__v7"], typed["__v10"]) == (80.5, "bpm", "80", 0)
         assert typed["_source"].startswith("file:///") and typed["__record"] is None
+
+
+@pytest.mark.parametrize(
+    ("out", "folder"),
+    [
+        ("/data/out", "/data/out/bronze/_staging/chartevents.arrow"),
+        ("file:///data/my%20out", "/data/my out/bronze/_staging/chartevents.arrow"),
+        ("s3a://bucket/out", None),  # the tasks write with the local file system only
+    ],
+)
+def test_the_tasks_stage_clean_rows_for_a_local_output_only(out, folder):
+    from spark_jobs.ingest.job import _arrow_staging
+
+    staging = _arrow_staging(out, V2["chartevents"], rows_per_file=5)
+    assert (staging.folder if staging else None) == folder
+    if staging:
+        assert staging.logicals == LOGICALS and staging.required == REQUIRED and staging.rows_per_file == 5

@@ -312,9 +312,15 @@ class _PartWriter:
         self.name = os.path.join(
             self.staging.folder, f"part-{self.file_index:05d}-{self.sequence:05d}.parquet"
         )
-        # Hidden ('.') while written: Spark's reader skips such names.
+        # Hidden ('.') while written: Spark's reader skips such names. Written once and read once,
+        # like the staging table (no dictionaries); statistics on __reason (all null here) only,
+        # so that the reads of the rejects skip these files.
         self.writer = pq.ParquetWriter(
-            self._partial(), self.schema, compression="snappy", use_dictionary=False, write_statistics=False
+            self._partial(),
+            self.schema,
+            compression="snappy",
+            use_dictionary=False,
+            write_statistics=[REASON],
         )
 
     def _partial(self) -> str:
@@ -399,8 +405,9 @@ class _FileParser:
                     double_quote=True, newlines_in_values=True, invalid_row_handler=self._on_invalid_row
                 ),
                 convert_options=pcsv.ConvertOptions(
-                    # Every column as raw bytes: typing happens in Spark, and a failed decode
-                    # must not fail the file (see _as_text).
+                    # Every column as raw bytes: typing happens after the item filter (the
+                    # clean rows', arrow_typing; Spark's for the rest), and a failed decode must
+                    # not fail the file (see _as_text).
                     column_types={name: pa.binary() for name in positional},
                     strings_can_be_null=True,
                     quoted_strings_can_be_null=False,
