@@ -190,10 +190,12 @@ def test_the_task_stages_clean_rows_typed_and_passes_on_the_rest(tmp_path):
         ("s3a://bucket/out", None),  # the tasks write with the local file system only
     ],
 )
-def test_the_tasks_stage_clean_rows_for_a_local_output_only(out, folder):
+def test_the_tasks_stage_clean_rows_for_a_local_output_and_utc_only(out, folder):
     from spark_jobs.ingest.job import _arrow_staging
 
     staging = _arrow_staging(out, V2["chartevents"], rows_per_file=5)
     assert (staging.folder if staging else None) == folder
     if staging:
         assert staging.logicals == LOGICALS and staging.required == REQUIRED and staging.rows_per_file == 5
+        # Spark reads a raw time in its session's zone, Arrow as UTC: other zones stay with Spark.
+        assert _arrow_staging(out, V2["chartevents"], 5, "America/New_York") is None

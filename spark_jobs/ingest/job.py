@@ -160,7 +160,8 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str, out: s
     arrow_staging = None
     if filtered and _arrow_reads(cfg.reader, loc, spark):
         header, columns = csv_columns(spark, loc, table)
-        arrow_staging = _arrow_staging(out, table, rows_per_file)
+        time_zone = spark.conf.get("spark.sql.session.timeZone")
+        arrow_staging = _arrow_staging(out, table, rows_per_file, time_zone)
         raw = arrow_csv.read_csv(spark, loc.files, header, columns, "itemid", cfg.itemids, arrow_staging)
     else:
         raw = read_raw(spark, loc, table)
@@ -175,11 +176,14 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str, out: s
     )
 
 
-def _arrow_staging(out: str, table: RawTable, rows_per_file: int) -> arrow_csv.ArrowStaging | None:
+def _arrow_staging(
+    out: str, table: RawTable, rows_per_file: int, time_zone: str = "UTC"
+) -> arrow_csv.ArrowStaging | None:
     """What the Arrow reader's tasks stage themselves: the clean rows, typed (arrow_typing), to
-    Parquet parts beside the staging table. None when ``out`` is not a local path: the tasks
-    write with the local file system, so elsewhere all rows go on to Spark."""
-    if urlparse(out).scheme not in arrow_csv.LOCAL_SCHEMES:
+    Parquet parts beside the staging table. None when ``out`` is not a local path (the tasks
+    write with the local file system) or Spark's session time zone is not UTC (Arrow reads a
+    raw time as UTC; Spark as a time of its session's zone): then all rows go on to Spark."""
+    if urlparse(out).scheme not in arrow_csv.LOCAL_SCHEMES or time_zone != "UTC":
         return None
     required = set(required_ids(table))
     return arrow_csv.ArrowStaging(
