@@ -112,11 +112,50 @@ def write_table(
     return last_commit_rows(df.sparkSession, path)
 
 
-def last_commit(spark, path: str):
-    """The history row (version, userMetadata, operationMetrics, ...) of the latest commit."""
+def last_commit(spark, path: str) -> dict[str, Any]:
+    """``version``, ``userMetadata``, ``operationMetrics`` (and the rest of the commit's
+    ``commitInfo``) of the latest commit of the Delta table at ``path``.
+
+    Read from the commit file itself: ``DeltaTable.history(1)`` answers the same but runs a Spark
+    job, ~0.2 s warm and over 1 s cold, for each of the ~40 writes of a pipeline run
+    (BENCHMARKS.md). The version this JVM's Delta log last saw (after a write here: that commit)
+    is only a starting point: later commit files, written by another process say, are looked for.
+    """
+    jvm = spark._jvm
+    delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+    version = max(int(delta_log.unsafeVolatileSnapshot().version()), 0)
+    log_dir = jvm.org.apache.hadoop.fs.Path(path.rstrip("/") + "/_delta_log")
+    fs = log_dir.getFileSystem(spark._jsc.hadoopConfiguration())
+
+    def commit_file(v: int):
+        return jvm.org.apache.hadoop.fs.Path(log_dir, f"{v:020d}.json")
+
+    if not fs.exists(commit_file(version)):
+        # The table was replaced behind this JVM's back (its folder deleted and written again):
+        # the commit files say which is the latest.
+        names = (
+            [status.getPath().getName() for status in fs.listStatus(log_dir)] if fs.exists(log_dir) else []
+        )
+        versions = [int(n[:-5]) for n in names if len(n) == 25 and n.endswith(".json") and n[:-5].isdigit()]
+        if not versions:
+            raise FileNotFoundError(f"{path} is not a Delta table: {log_dir} holds no commit")
+        version = max(versions)
+    while fs.exists(commit_file(version + 1)):
+        version += 1
+    stream = fs.open(commit_file(version))
+    try:
+        text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+    for line in text.splitlines():
+        action = json.loads(line)
+        if "commitInfo" in action:
+            info = action["commitInfo"]
+            return {**info, "version": version, "operationMetrics": info.get("operationMetrics") or {}}
+    # A writer may leave commitInfo out (it is optional in the protocol): ask Delta's history.
     from delta.tables import DeltaTable
 
-    return DeltaTable.forPath(spark, path).history(1).first()
+    return DeltaTable.forPath(spark, path).history(1).first().asDict()
 
 
 def last_commit_rows(spark, path: str) -> int:
@@ -128,7 +167,7 @@ def last_commit_rows(spark, path: str) -> int:
 def last_commit_metadata(spark, path: str) -> tuple[int, dict[str, Any]]:
     """(version, userMetadata as written by :func:`write_table`) of the latest commit."""
     row = last_commit(spark, path)
-    return int(row["version"]), json.loads(row["userMetadata"]) if row["userMetadata"] else {}
+    return int(row["version"]), json.loads(row["userMetadata"]) if row.get("userMetadata") else {}
 
 
 def read_table(spark, path: str):

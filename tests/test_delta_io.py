@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from spark_jobs import delta_io
 
 
@@ -63,3 +65,46 @@ def test_a_table_of_text_only_keeps_row_counts(spark, tmp_path):
     path = tmp_path / "t"
     assert delta_io.write_table(rows, str(path), {}) == 10
     assert all(not s["minValues"] and s["numRecords"] > 0 for s in file_stats(path))
+
+
+def test_last_commit_reads_what_delta_history_says(spark, tmp_path):
+    """The commit read from the log file (no Spark job) is Delta's own latest history entry:
+    after a first write, an overwrite, a replaceWhere, a commit made by another Delta log (a
+    writer this JVM's cached log has not seen) and a table deleted and made again."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    path = str(tmp_path / "t")
+
+    def history():
+        row = DeltaTable.forPath(spark, path).history(1).first()
+        return row["version"], row["userMetadata"], dict(row["operationMetrics"])
+
+    def ours():
+        got = delta_io.last_commit(spark, path)
+        return got["version"], got["userMetadata"], got["operationMetrics"]
+
+    rows = spark.range(0, 50).select(F.col("id"), (F.col("id") % 3).alias("part"))
+    assert delta_io.write_table(rows, path, {"step": 1}) == 50
+    assert ours() == history() and ours()[0] == 0
+    assert delta_io.write_table(rows.where("id < 20"), path, {"step": 2}) == 20
+    delta_io.write_table(rows.where("part = 1"), path, {"step": 3}, replace_where="part = 1")
+    assert ours() == history() and ours()[0] == 2
+    assert delta_io.last_commit_metadata(spark, path) == (2, {"step": 3})
+
+    # Another writer: commit 3 written as a file this JVM's Delta log never read.
+    log = Path(path) / "_delta_log"
+    commit = json.dumps({"commitInfo": {"operation": "WRITE", "operationMetrics": {"numOutputRows": "7"}}})
+    (log / f"{3:020d}.json").write_text(commit + "\n")
+    assert delta_io.last_commit(spark, path)["version"] == 3
+    assert delta_io.last_commit_rows(spark, path) == 7
+
+    import shutil
+
+    shutil.rmtree(path)
+    assert delta_io.write_table(rows.where("id < 5"), path, {"step": "again"}) == 5
+    assert ours() == history() and ours()[0] == 0
+    shutil.rmtree(path)
+    Path(path).mkdir()
+    with pytest.raises(FileNotFoundError, match="not a Delta table"):
+        delta_io.last_commit(spark, path)
