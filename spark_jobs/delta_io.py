@@ -89,7 +89,9 @@ def write_table(
     options: dict[str, Any] | None = None,
 ) -> int:
     """Overwrite ``path`` (or its ``replace_where`` slice) with ``df`` in one commit stamped with
-    ``metadata``; return the rows written. ``options``: further Delta writer options
+    ``metadata``; return the rows written (Delta's ``numOutputRows``: with ``replace_where`` on
+    columns the table is not partitioned by, the rows of touched files that Delta rewrote are
+    counted too, so count a slice by reading it). ``options``: further Delta writer options
     (``maxRecordsPerFile``, table properties such as ``delta.dataSkippingNumIndexedCols``, which
     replaces the :func:`stats_columns` default)."""
     writer = (
