@@ -108,3 +108,30 @@ def test_last_commit_reads_what_delta_history_says(spark, tmp_path):
     Path(path).mkdir()
     with pytest.raises(FileNotFoundError, match="not a Delta table"):
         delta_io.last_commit(spark, path)
+
+
+@pytest.mark.s3
+def test_last_commit_on_s3(spark, s3_server):
+    """The commit file is read through Hadoop's file system, so an S3A table (moto's server on
+    loopback) answers as a local one: Delta's history and the rows written agree."""
+    import uuid
+
+    import boto3
+    from delta.tables import DeltaTable
+
+    from tests.test_ingest import _s3a_bucket_conf
+
+    bucket = f"delta-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    _s3a_bucket_conf(spark, s3_server, bucket)
+    path = f"s3a://{bucket}/silver/t"
+    assert delta_io.write_table(spark.range(0, 12), path, {"step": 1}) == 12
+    assert delta_io.write_table(spark.range(0, 5), path, {"step": 2}) == 5
+    got = delta_io.last_commit(spark, path)
+    row = DeltaTable.forPath(spark, path).history(1).first()
+    assert (got["version"], got["userMetadata"], got["operationMetrics"]) == (
+        row["version"],
+        row["userMetadata"],
+        dict(row["operationMetrics"]),
+    )
+    assert delta_io.last_commit_metadata(spark, path) == (1, {"step": 2})
