@@ -511,8 +511,9 @@ class _FileParser:
                 schema=self.parts.schema,
             )
         )
-        rest = [] if every else [pc.filter(c, pc.invert(mask)) for c in texts]
-        return rest or [c.slice(0, 0) for c in texts], n
+        if every:
+            return [c.slice(0, 0) for c in texts], n
+        return [pc.filter(c, pc.invert(mask)) for c in texts], n
 
     def _split_records(self, columns: Sequence[pa.Array], broken: pa.Array) -> None:
         import pyarrow.compute as pc

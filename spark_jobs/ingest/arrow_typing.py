@@ -24,10 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from spark_jobs.ingest.staging import REPLACEMENT_CHAR
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
-REPLACEMENT_CHAR = "\ufffd"
 _MAX_DIGITS = {"long": 18, "int": 9}  # always fits int64 / int32
 _DOUBLE_RE = r"^-?[0-9]+(\.[0-9]+)?$"
 _MAX_DOUBLE_CHARS = 30

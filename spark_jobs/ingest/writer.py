@@ -123,7 +123,7 @@ def _read_staged(spark: SparkSession, out: str, plan: Plan) -> DataFrame:
     if plan.in_memory:
         return plan.staged  # persisted by the staging step
     staged = delta_io.read_table(spark, staging_path(out, plan.name))
-    if not plan.arrow_parts or not _arrow_staged(plan):
+    if not _arrow_staged(plan):
         return staged
     # The staged frame's schema: the parts hold the same columns, typed by Arrow.
     parts = spark.read.schema(plan.staged.schema).parquet(arrow_parts_path(out, plan.name))
