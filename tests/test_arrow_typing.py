@@ -71,6 +71,8 @@ SAMPLES = {
         "2180-01-01 10:60:00",
         "2180-01-01 10:00:60",
         "2180-01-01T10:00:00",
+        "2180-01-01 10:00+01",
+        "2180-01-01 10-01:00",
         "2180-01-01 10:00:00.5",
         "2180-1-1 10:00:00",
         "0999-01-01 00:00:00",
@@ -115,6 +117,16 @@ def test_a_plain_value_is_what_spark_makes_of_it(spark, logical):
     # which Spark types (so the plain forms are a strict subset) and some it rejects.
     left = [(t, r) for t, a, r in zip(texts, arrow, reference, strict=True) if a is None and t]
     assert len(accepted) >= 3 and any(r is not None for _, r in left) and any(r is None for _, r in left)
+
+
+@pytest.mark.parametrize("logical", list(SAMPLES))
+def test_a_value_is_typed_alike_alone_and_among_others(logical):
+    # Timestamps: an array of plain ones takes Arrow's whole-array cast, one holding a value that
+    # looks plain but is not (02-30, :60) the value-by-value checks; both must agree.
+    texts = SAMPLES[logical]
+    among_others = _arrow_values(texts, logical)
+    assert [_arrow_values([t], logical)[0] for t in texts] == among_others
+    assert _arrow_values(texts[:2] + texts[-1:], logical) == among_others[:2] + among_others[-1:]
 
 
 def test_days_past_the_end_of_a_month_are_left_to_spark():
