@@ -368,3 +368,113 @@ def test_truncated_gzip_on_s3_names_the_file(spark, s3_server, tmp_path):
         _ingest_s3(spark, root, tmp_path, "arrow")
     msg = str(err.value)
     assert "s3a://" in msg and "chartevents.csv.gz" in msg and len(msg.splitlines()) < 6
+
+
+def _parsed(path: Path, block_bytes: int) -> list[tuple]:
+    """What the task's parser makes of one file, in its order: ("row", values), ("corrupt",
+    line) and ("unused", n) items."""
+    import pyarrow as pa
+
+    from spark_jobs.ingest import arrow_csv
+    from spark_jobs.ingest.staging import CORRUPT, UNUSED
+
+    parser = arrow_csv._FileParser(
+        str(path),
+        COLUMNS,
+        COLUMNS,
+        list(range(len(COLUMNS))),
+        COLUMNS.index("itemid"),
+        pa.array(WANTED, pa.int64()),
+        {},
+        block_bytes=block_bytes,
+    )
+    out: list[tuple] = []
+    for batch in parser.batches():
+        table = batch.to_pydict()
+        for i in range(batch.num_rows):
+            if table[UNUSED][i] is not None:
+                out.append(("unused", table[UNUSED][i]))
+            elif table[CORRUPT][i] is not None:
+                out.append(("corrupt", table[CORRUPT][i]))
+            else:
+                out.append(("row", tuple(table[c][i] for c in COLUMNS)))
+    return out
+
+
+def test_blocks_parsed_ahead_give_what_blocks_parsed_in_turn_give(tmp_path, monkeypatch):
+    """The next block is parsed (in a thread) while one is filtered: the output, malformed lines
+    included, is the same item for item as parsing each block in turn, and the same lines and
+    rows as parsing the file as one block."""
+    from spark_jobs.ingest import arrow_csv
+
+    lines = _text(_rows(400)).splitlines()
+    too_few = [f"{i},2,3" for i in range(12)]
+    line_break = [f'1,10,100,,2180-01-01 10:00:00,,220045,"a\nb{i}",5,x,' for i in range(3)]
+    for k, line in enumerate(too_few + line_break):
+        lines.insert(1 + 29 * (k + 1), line)
+    path = tmp_path / "chartevents.csv.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+
+    ahead = _parsed(path, block_bytes=1 << 10)
+
+    def in_turn(step, depth=2):
+        while True:
+            try:
+                yield step()
+            except StopIteration:
+                return
+
+    monkeypatch.setattr(arrow_csv, "read_ahead", in_turn)
+    assert ahead == _parsed(path, block_bytes=1 << 10)
+    whole = _parsed(path, block_bytes=1 << 24)
+    assert sorted(x for x in ahead if x[0] != "unused") == sorted(x for x in whole if x[0] != "unused")
+    corrupt = [x[1] for x in ahead if x[0] == "corrupt"]
+    assert [c for c in corrupt if c.endswith(",2,3")] == too_few and len(corrupt) == 12 + 2 * 3
+    rows = sum(1 for x in ahead if x[0] == "row")
+    assert rows + sum(x[1] for x in ahead if x[0] == "unused") == 400
+    # Small blocks: many batches, with malformed lines between their rows.
+    kinds = [x[0] for x in ahead]
+    assert kinds.count("unused") > 10 and kinds.index("corrupt") < len(kinds) - kinds[::-1].index("row")
+
+
+def test_read_ahead_gives_every_result_in_order_then_what_the_step_raised():
+    from spark_jobs.ingest.arrow_csv import read_ahead
+
+    def counting(limit: int, error: Exception | None):
+        n = iter(range(limit))
+
+        def step() -> int:
+            value = next(n, None)
+            if value is None:
+                if error is not None:
+                    raise error
+                raise StopIteration
+            return value
+
+        return step
+
+    assert list(read_ahead(counting(50, None), depth=2)) == list(range(50))
+    got = []
+    with pytest.raises(ValueError, match="damaged"):
+        for value in read_ahead(counting(7, ValueError("damaged"))):
+            got.append(value)
+    assert got == list(range(7))
+
+
+def test_read_ahead_stops_its_thread_when_the_caller_stops_early():
+    import threading
+
+    from spark_jobs.ingest.arrow_csv import read_ahead
+
+    calls = []
+
+    def endless() -> int:
+        calls.append(1)
+        return len(calls)
+
+    results = read_ahead(endless, depth=2)
+    assert [next(results) for _ in range(3)] == [1, 2, 3]
+    results.close()
+    assert not [t for t in threading.enumerate() if t.name == "medmod-read-ahead"]
+    made = len(calls)
+    assert made <= 3 + 2 + 1  # taken, queued, and the one under way when stopped

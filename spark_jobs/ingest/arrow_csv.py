@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Mapping, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import ParseResult, unquote, urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -55,6 +57,8 @@ _READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, IsalError, BotoC
 # The handler takes every malformed line, so Arrow reporting one means the handler failed.
 _ROW_HANDLER_FAILED = "columns, got"
 _MAX_ID_DIGITS = 18  # fits int64: longer digit strings are left to Spark's typing
+_END = object()  # read_ahead: no more results
+T = TypeVar("T")
 
 
 # Where the task can open a file itself: local paths, and S3 (through s3fs, with the settings
@@ -358,11 +362,13 @@ class _FileParser:
         self.item_column, self.itemids, self.access = item_column, itemids, access
         self.source = spark_file_name(path)
         self.bad_lines: list[str] = []
+        # Malformed lines the parser met in the block it is parsing (the read-ahead thread's).
+        self.parsed_bad_lines: list[str] = []
         self.staging = staging
         self.parts = _PartWriter(staging, file_index) if staging is not None else None
 
     def _on_invalid_row(self, row) -> str:
-        self.bad_lines.append(row.text)
+        self.parsed_bad_lines.append(row.text)
         return "skip"
 
     def _open(self):
@@ -439,15 +445,22 @@ class _FileParser:
         reader = self._reader()
         if reader is None:
             return
-        while True:
+
+        def parse_next() -> tuple[pa.RecordBatch, list[str]]:
             try:
                 batch = reader.read_next_batch()
-            except StopIteration:
-                break
             except (pa.ArrowInvalid, *_READ_ERRORS) as err:
                 raise self._problem(err) from None
+            lines, self.parsed_bad_lines = self.parsed_bad_lines, []
+            return batch, lines
+
+        # The next block is inflated and parsed while this one is filtered, typed and written:
+        # on a .gz, one task that nothing else can share, the two halves then use two cores.
+        for batch, lines in read_ahead(parse_next):
+            self.bad_lines.extend(lines)
             yield from self._convert(batch)
             yield from self._flush_bad_lines()
+        self.bad_lines.extend(self.parsed_bad_lines)
         yield from self._flush_bad_lines()
         if self.parts is not None:
             self.parts.close()
@@ -556,6 +569,50 @@ class _FileParser:
             [*empty, pa.array([unused], pa.int64()), pa.array([staged], pa.int64())],
             names=output_names(self.names),
         )
+
+
+def read_ahead(step: Callable[[], T], depth: int = 2) -> Iterator[T]:
+    """The results of calling ``step`` until it raises StopIteration, computed by a thread up to
+    ``depth`` results ahead of the caller. What ``step`` raises is raised here, in order; closing
+    the iterator early stops the thread (after the call under way)."""
+    results: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        while True:
+            try:
+                item = (step(), None)
+            except StopIteration:
+                put((_END, None))
+                return
+            except BaseException as err:  # noqa: BLE001 - handed to the caller, raised there
+                put((_END, err))
+                return
+            if not put(item):
+                return
+
+    thread = threading.Thread(target=run, name="medmod-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value, err = results.get()
+            if err is not None:
+                raise err
+            if value is _END:
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def output_names(header: Sequence[str]) -> list[str]:
