@@ -72,7 +72,8 @@ class IngestConfig:
     local paths or ``s3a://`` / ``s3://`` URLs. ``itemids``: keep only these items of the events
     tables (None keeps all). ``concurrency``: how many tables are read / written at the same
     time (0: as many as Spark has cores); a ``.csv.gz`` is one Spark task however big it is, so
-    reading the tables side by side is what keeps more than one core busy. ``spread``: the rows
+    reading the tables side by side is what keeps more than one core busy (the Arrow reader's
+    task also parses ahead in a second thread: ``arrow_csv.read_ahead``). ``spread``: the rows
     of an input read by fewer tasks than Spark has cores (a ``.csv.gz``) are spread round-robin
     over this many partitions, so that bronze gets as many files for the later stages to read in
     parallel: right after parsing (typing and checking then use every core too); the events
