@@ -373,7 +373,8 @@ def _extrapolation(runs: list[EtlRun], stages: list[str]) -> list[str]:
         "(cohort, cxr, tasks, normalizer; the timeseries grid partly) are overestimated by a rows-based "
         "extrapolation, and the events stages are what to watch. A growth exponent above 1 makes both "
         "figures optimistic. The raw `chartevents.csv.gz` is one gzip stream, read by a single Spark "
-        "task whatever the core count: its read in the ingest stage does not speed up with cores.",
+        "task (parsing ahead in a second thread) whatever the core count: its read in the ingest "
+        "stage does not speed up with more than two cores.",
     ]
     return lines
 
