@@ -478,3 +478,25 @@ def test_read_ahead_stops_its_thread_when_the_caller_stops_early():
     assert not [t for t in threading.enumerate() if t.name == "medmod-read-ahead"]
     made = len(calls)
     assert made <= 3 + 2 + 1  # taken, queued, and the one under way when stopped
+
+
+def test_a_task_that_fails_mid_file_leaves_no_read_ahead_thread(tmp_path, monkeypatch):
+    import threading
+
+    from spark_jobs.ingest import arrow_csv
+
+    path = tmp_path / "chartevents.csv.gz"
+    path.write_bytes(gzip.compress(_text(_rows(400)).encode()))
+    convert, calls = arrow_csv._FileParser._convert, []
+
+    def failing(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return convert(self, batch)
+
+    monkeypatch.setattr(arrow_csv._FileParser, "_convert", failing)
+    with pytest.raises(OSError, match="disk full") as failure:
+        _parsed(path, block_bytes=1 << 10)
+    assert failure.traceback  # the failure, frames and all, is still referenced here
+    assert not [t for t in threading.enumerate() if t.name == "medmod-read-ahead"]

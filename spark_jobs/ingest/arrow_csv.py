@@ -29,6 +29,7 @@ import io
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -456,10 +457,12 @@ class _FileParser:
 
         # The next block is inflated and parsed while this one is filtered, typed and written:
         # on a .gz, one task that nothing else can share, the two halves then use two cores.
-        for batch, lines in read_ahead(parse_next):
-            self.bad_lines.extend(lines)
-            yield from self._convert(batch)
-            yield from self._flush_bad_lines()
+        # closing: the thread stops when this task fails or stops early, not when collected.
+        with closing(read_ahead(parse_next)) as parsed:
+            for batch, lines in parsed:
+                self.bad_lines.extend(lines)
+                yield from self._convert(batch)
+                yield from self._flush_bad_lines()
         self.bad_lines.extend(self.parsed_bad_lines)
         yield from self._flush_bad_lines()
         if self.parts is not None:
