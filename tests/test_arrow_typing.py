@@ -12,7 +12,7 @@ import pytest
 
 from spark_jobs.ingest import arrow_csv, arrow_typing
 from tests.test_ingest import V2, csv_text
-from tests.test_ingest_arrow import EV
+from tests.test_ingest_arrow import EV, chartevents_parser
 
 SAMPLES = {
     "long": [
@@ -146,18 +146,8 @@ def _parse(
     path = tmp_path / "chartevents.csv.gz"
     path.write_bytes(gzip.compress(csv_text(COLUMNS, rows).encode()))
     staging = arrow_csv.ArrowStaging(str(tmp_path / "parts"), LOGICALS, REQUIRED, rows_per_file)
-    parser = arrow_csv._FileParser(
-        str(path),
-        COLUMNS,
-        COLUMNS,
-        list(range(len(COLUMNS))),
-        COLUMNS.index("itemid"),
-        pa.array([220045], pa.int64()),
-        {},
-        block_bytes=1 << 10,  # several batches
-        staging=staging,
-        file_index=3,
-    )
+    # Small blocks: several batches.
+    parser = chartevents_parser(path, [220045], block_bytes=1 << 10, staging=staging, file_index=3)
     return list(parser.batches()), staging
 
 

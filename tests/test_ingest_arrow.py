@@ -370,26 +370,33 @@ def test_truncated_gzip_on_s3_names_the_file(spark, s3_server, tmp_path):
     assert "s3a://" in msg and "chartevents.csv.gz" in msg and len(msg.splitlines()) < 6
 
 
-def _parsed(path: Path, block_bytes: int) -> list[tuple]:
-    """What the task's parser makes of one file, in its order: ("row", values), ("corrupt",
-    line) and ("unused", n) items."""
+def chartevents_parser(path: Path, wanted: list[int], block_bytes: int, **staging):
+    """The task's parser of one chartevents file with the declared columns in their order;
+    ``staging``: ``staging=`` and ``file_index=`` of the Arrow reader's own staging."""
     import pyarrow as pa
 
     from spark_jobs.ingest import arrow_csv
-    from spark_jobs.ingest.staging import CORRUPT, UNUSED
 
-    parser = arrow_csv._FileParser(
+    return arrow_csv._FileParser(
         str(path),
         COLUMNS,
         COLUMNS,
         list(range(len(COLUMNS))),
         COLUMNS.index("itemid"),
-        pa.array(WANTED, pa.int64()),
+        pa.array(wanted, pa.int64()),
         {},
         block_bytes=block_bytes,
+        **staging,
     )
+
+
+def _parsed(path: Path, block_bytes: int) -> list[tuple]:
+    """What the task's parser makes of one file, in its order: ("row", values), ("corrupt",
+    line) and ("unused", n) items."""
+    from spark_jobs.ingest.staging import CORRUPT, UNUSED
+
     out: list[tuple] = []
-    for batch in parser.batches():
+    for batch in chartevents_parser(path, WANTED, block_bytes).batches():
         table = batch.to_pydict()
         for i in range(batch.num_rows):
             if table[UNUSED][i] is not None:
