@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conf.typed import ConfigError
-from spark_jobs import jars
+from spark_jobs import class_archive, jars
 
 log = logging.getLogger(__name__)
 LOG4J_CONF = Path(__file__).resolve().parent / "log4j2.properties"
@@ -59,6 +59,12 @@ class SparkConfig:
     shuffle_partitions: int = 0
     log_level: str = "WARN"
     s3: S3Config = field(default_factory=S3Config)
+    # Start the driver JVM with this machine's class archive when there is one
+    # (`python -m spark_jobs.class_archive build`; it applies where pyspark launches the JVM).
+    class_archive: bool = True
+    # Write the names of the classes the driver JVM loads to this file (what the archive's
+    # build trains on); empty: off.
+    class_list: str = ""
     # Any other spark.* setting, passed through verbatim (never credentials: see __post_init__).
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -87,6 +93,17 @@ def _s3a_conf(cfg: S3Config) -> dict[str, str]:
     if cfg.region:
         conf["spark.hadoop.fs.s3a.endpoint.region"] = cfg.region
     return conf
+
+
+def driver_java_options(cfg: SparkConfig) -> str:
+    """JAVA_OPTIONS, plus the class archive (or the class list that trains one) where asked.
+    Executors never get them: the archive is a file of this machine."""
+    options = [JAVA_OPTIONS]
+    if cfg.class_list:
+        options.append(f"-XX:DumpLoadedClassList={cfg.class_list}")
+    elif cfg.class_archive:
+        options.append(class_archive.driver_options())
+    return " ".join(o for o in options if o)
 
 
 def spark_conf(cfg: SparkConfig) -> dict[str, str]:
@@ -125,7 +142,7 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
-        "spark.driver.extraJavaOptions": JAVA_OPTIONS,
+        "spark.driver.extraJavaOptions": driver_java_options(cfg),
         "spark.executor.extraJavaOptions": JAVA_OPTIONS,
     }
     conf.update(_s3a_conf(cfg.s3))
@@ -155,7 +172,8 @@ def build_spark(cfg: SparkConfig | None = None):
         spark.conf.set(key, limit)
         log.info("driver or executors started without %s: %s=%s", JIT_HUGE_METHODS, key, limit)
     _quiet_py4j()
-    log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
+    archive = "-XX:SharedArchiveFile" in spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "")
+    log.info("spark %s master=%s class archive=%s", spark.version, spark.sparkContext.master, archive)
     return spark
 
 
