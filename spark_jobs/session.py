@@ -172,9 +172,29 @@ def build_spark(cfg: SparkConfig | None = None):
         spark.conf.set(key, limit)
         log.info("driver or executors started without %s: %s=%s", JIT_HUGE_METHODS, key, limit)
     _quiet_py4j()
-    archive = "-XX:SharedArchiveFile" in spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "")
-    log.info("spark %s master=%s class archive=%s", spark.version, spark.sparkContext.master, archive)
+    archive = mapped_class_archive(spark) or "none"
+    log.info("spark %s master=%s class archive %s", spark.version, spark.sparkContext.master, archive)
     return spark
+
+
+def _vm_option(spark, name: str) -> str:
+    """A HotSpot option of the driver's JVM as it runs ("" when not HotSpot or unknown)."""
+    try:
+        jvm = spark.sparkContext._jvm
+        bean_class = jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
+        bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(bean_class)
+        return str(bean.getVMOption(name).getValue())
+    except Exception:  # not HotSpot, or the option is gone
+        return ""
+
+
+def mapped_class_archive(spark) -> str:
+    """The class archive the driver's JVM started with and maps ("" if none): a JVM that cannot
+    use its archive turns sharing off (spark-submit's driver never got one from us)."""
+    archive = _vm_option(spark, "SharedArchiveFile")
+    if not archive or _vm_option(spark, "UseSharedSpaces") != "true":
+        return ""
+    return archive
 
 
 def compiles_huge_methods(spark) -> bool:
@@ -184,13 +204,8 @@ def compiles_huge_methods(spark) -> bool:
     master = spark.sparkContext.master
     if master == "local" or master.startswith("local["):  # not local-cluster: the driver runs the tasks
         executor_options = JIT_HUGE_METHODS
-    try:
-        jvm = spark.sparkContext._jvm
-        bean_class = jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
-        bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(bean_class)
-        driver = bean.getVMOption("DontCompileHugeMethods").getValue() == "false"
-    except Exception:  # not HotSpot, or the option is gone: assume the default
-        driver = False
+    # Unknown (not HotSpot, or the option is gone): HotSpot's default, interpreted.
+    driver = _vm_option(spark, "DontCompileHugeMethods") == "false"
     return driver and JIT_HUGE_METHODS in executor_options.split()
 
 
