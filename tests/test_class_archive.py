@@ -128,18 +128,9 @@ def test_the_session_jvm_maps_this_machines_archive(spark):
 def test_a_driver_given_an_unusable_archive_starts_without_one(tmp_path):
     """An archive the JVM cannot map (here: not an archive at all) is skipped, the session starts
     as usual, and the driver reports no archive."""
-    import sys
+    from tests.driver_process import driver_result
 
     broken = tmp_path / "broken.jsa"
     broken.write_bytes(b"not a class archive" * 100)
-    script = (
-        "from spark_jobs.session import JAVA_OPTIONS, SparkConfig, build_spark, mapped_class_archive\n"
-        f"options = JAVA_OPTIONS + ' -XX:SharedArchiveFile={broken}'\n"
-        "spark = build_spark(SparkConfig(master='local[1]', driver_memory='1g', "
-        "extra={'spark.driver.extraJavaOptions': options}))\n"
-        "print('RESULT', repr(mapped_class_archive(spark)), spark.range(3).count())\n"
-        "spark.stop()\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert [line for line in done.stdout.splitlines() if line.startswith("RESULT")] == ["RESULT '' 3"]
+    options = f"{JAVA_OPTIONS} -XX:SharedArchiveFile={broken}"
+    assert driver_result(options, "repr(mapped_class_archive(spark)), spark.range(3).count()") == "'' 3"

@@ -103,17 +103,9 @@ def test_generated_code_above_the_jit_limit_is_compiled(spark):
 def test_a_driver_without_the_jit_option_splits_generated_code():
     """A driver JVM started without the option (spark-submit without it, a user's own
     extraJavaOptions) gets Spark's code size limit lowered to what the JIT compiles."""
-    import subprocess
-    import sys
+    from tests.driver_process import driver_result
 
-    script = (
-        "from spark_jobs.session import SparkConfig, build_spark, compiles_huge_methods\n"
-        "spark = build_spark(SparkConfig(master='local[1]', driver_memory='1g', "
-        "extra={'spark.driver.extraJavaOptions': '-Dmedmod.test=1'}))\n"
-        "print('RESULT', compiles_huge_methods(spark), spark.conf.get('spark.sql.codegen.hugeMethodLimit'))\n"
-        "spark.stop()\n"
+    result = driver_result(
+        "-Dmedmod.test=1", "compiles_huge_methods(spark), spark.conf.get('spark.sql.codegen.hugeMethodLimit')"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert result == ["RESULT False 8000"], done.stdout
+    assert result == "False 8000"
