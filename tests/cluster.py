@@ -26,15 +26,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spark_jobs.class_archive import spark_home
+
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "scripts" / "submit.sh"
-
-
-def spark_home() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
 
 
 def free_port() -> int:
