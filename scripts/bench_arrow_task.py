@@ -64,6 +64,7 @@ def _run_task(path: str, table, parts: str) -> tuple[int, int]:
     required = set(required_ids(table))
     staging = arrow_csv.ArrowStaging(
         folder=parts,
+        names=tuple(declared),
         logicals=tuple(logical for _, logical in table.columns),
         required=tuple(c in required for c in declared),
         rows_per_file=1_000_000,

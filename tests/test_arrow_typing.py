@@ -145,7 +145,9 @@ def _parse(
 ) -> tuple[list[pa.RecordBatch], arrow_csv.ArrowStaging]:
     path = tmp_path / "chartevents.csv.gz"
     path.write_bytes(gzip.compress(csv_text(COLUMNS, rows).encode()))
-    staging = arrow_csv.ArrowStaging(str(tmp_path / "parts"), LOGICALS, REQUIRED, rows_per_file)
+    staging = arrow_csv.ArrowStaging(
+        str(tmp_path / "parts"), tuple(COLUMNS), LOGICALS, REQUIRED, rows_per_file
+    )
     # Small blocks: several batches.
     parser = chartevents_parser(path, [220045], block_bytes=1 << 10, staging=staging, file_index=3)
     return list(parser.batches()), staging
@@ -173,15 +175,21 @@ def test_the_task_stages_clean_rows_typed_and_passes_on_the_rest(tmp_path):
     assert sum(markers["__unused"].to_pylist()) == len(rows) - len(wanted)
     files = sorted(p.name for p in (tmp_path / "parts").iterdir())
     assert files == [f"part-00003-{n:05d}.parquet" for n in range(-(-len(clean) // 7))]  # no partial files
-    parts = pq.read_table(tmp_path / "parts", schema=staging.schema())
-    assert parts.num_rows == len(clean) and parts["__reason"].null_count == len(clean)
-    by_subject = {r["__v0"]: r for r in parts.to_pylist()}
+    parts = pq.read_table(tmp_path / "parts")
+    # Bronze's own columns: the parts are moved into the bronze table as they are.
+    assert parts.schema.names == [*COLUMNS, "_source"] and parts.num_rows == len(clean)
+    by_subject = {r["subject_id"]: r for r in parts.to_pylist()}
     for r in clean:
         typed = by_subject[int(r["subject_id"])]
-        assert typed["__v1"] == (None if r["hadm_id"] == "" else 10)
-        assert typed["__v4"].isoformat() == "2180-01-01T10:00:00+00:00"
-        assert (typed["__v8"], typed["__v9"], typed["__v7"], typed["__v10"]) == (80.5, "bpm", "80", 0)
-        assert typed["_source"].startswith("file:///") and typed["__record"] is None
+        assert typed["hadm_id"] == (None if r["hadm_id"] == "" else 10)
+        assert typed["charttime"].isoformat() == "2180-01-01T10:00:00+00:00"
+        assert (typed["valuenum"], typed["valueuom"], typed["value"], typed["warning"]) == (
+            80.5,
+            "bpm",
+            "80",
+            0,
+        )
+        assert typed["_source"].startswith("file:///")
 
 
 @pytest.mark.parametrize(
@@ -198,6 +206,9 @@ def test_the_tasks_stage_clean_rows_for_a_local_output_and_utc_only(out, folder)
     staging = _arrow_staging(out, V2["chartevents"], rows_per_file=5)
     assert (staging.folder if staging else None) == folder
     if staging:
-        assert staging.logicals == LOGICALS and staging.required == REQUIRED and staging.rows_per_file == 5
+        assert (
+            staging.names == tuple(COLUMNS) and staging.logicals == LOGICALS and staging.required == REQUIRED
+        )
+        assert staging.rows_per_file == 5
         # Spark reads a raw time in its session's zone, Arrow as UTC: other zones stay with Spark.
         assert _arrow_staging(out, V2["chartevents"], 5, "America/New_York") is None

@@ -34,7 +34,7 @@ def test_the_variants_stage_the_same_parts(synth_root, tmp_path, table):
         parts = tmp_path / name.replace(" ", "_").replace(",", "")
         with bench._variant(name):
             counts = bench._run_task(path, mimic_iv_tables("v2")[table], str(parts))
-        results[name] = (counts, pq.read_table(parts).sort_by("__v0"))
+        results[name] = (counts, pq.read_table(parts).sort_by("subject_id"))
     (counts, staged), *others = results.values()
     assert counts[1] > 0 and counts[1] == staged.num_rows
     for other_counts, other_staged in others:

@@ -501,28 +501,28 @@ def _encodings(folder: Path) -> dict[str, set[str]]:
     return found
 
 
-def test_staging_columns_plain_encoded_bronze_keeps_dictionaries(spark, tmp_path, monkeypatch):
+@pytest.mark.parametrize("reader", ["arrow", "spark"])
+def test_staging_columns_plain_encoded_bronze_keeps_dictionaries(spark, tmp_path, monkeypatch, reader):
     """The staging table, written once and read once, skips Parquet dictionaries (CPU); the
-    bronze table, read by every later stage, keeps them."""
-    from spark_jobs.ingest.writer import arrow_parts_path
-
+    bronze table, read by every later stage, keeps them, whether Spark's Delta writer wrote its
+    files or the Arrow reader's tasks did."""
     staged: dict[str, dict[str, set[str]]] = {}
     drop = ingest.job.drop_staging
 
     def inspect_then_drop(spark_, plans, out):
-        for p in plans:  # the staging table, and the parts the Arrow reader's tasks wrote
-            folders = (ingest.staging_path(out, p.name), arrow_parts_path(out, p.name))
-            staged[p.name] = {}
-            for found in (_encodings(Path(f)) for f in folders):
-                for column, encodings in found.items():
-                    staged[p.name].setdefault(column, set()).update(encodings)
+        for p in plans:
+            staged[p.name] = _encodings(Path(ingest.staging_path(out, p.name)))
         drop(spark_, plans, out)
 
     monkeypatch.setattr(ingest.job, "drop_staging", inspect_then_drop)
     raw = tmp_path / "raw"
     events = [dict(subject_id="1", hadm_id="10", stay_id="100", itemid="220045", value="80")] * 50
+    # One reject, so that the staging table of the Arrow route holds a file too.
+    events.append(dict(subject_id="x", hadm_id="10", stay_id="100", itemid="220045", value="80"))
     write(raw / "icu/chartevents.csv.gz", csv_text(V2["chartevents"].column_names, events))
-    cfg = IngestConfig(raw=str(raw), cxr="", layout="v2", tables=["chartevents"], itemids=[220045])
+    cfg = IngestConfig(
+        raw=str(raw), cxr="", layout="v2", tables=["chartevents"], itemids=[220045], reader=reader
+    )
     assert ingest.run(spark, cfg, str(tmp_path / "out"))["chartevents"]["kept"] == 50
     dictionary = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
     staging = staged["chartevents"]

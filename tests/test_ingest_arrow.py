@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -164,27 +165,46 @@ CASES = {
 }
 
 
+def _committed_parts(out: Path) -> int:
+    """Files of bronze chartevents that the bronze commit added as they were (delta_files'
+    names), rather than Spark's Delta writer."""
+    log = sorted((out / "bronze/chartevents/_delta_log").glob("*.json"))[-1]
+    actions = [json.loads(line) for line in log.read_text().splitlines()]
+    return sum(
+        1
+        for a in actions
+        if "add" in a and re.fullmatch(r"part-\d{5}-[0-9a-f]{32}\.parquet", a["add"]["path"])
+    )
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_arrow_reader_gives_what_the_spark_reader_gives(spark, tmp_path, case, monkeypatch):
-    from spark_jobs.ingest.writer import arrow_parts_path
-
-    parts: dict[str, int] = {}  # parquet files the Arrow reader's tasks staged, by reader
-    drop = ingest.job.drop_staging
-
-    def count_then_drop(spark_, plans, out):
-        found = Path(arrow_parts_path(out, "chartevents"))
-        parts[Path(out).name] = len(list(found.glob("*.parquet"))) if found.exists() else 0
-        drop(spark_, plans, out)
-
-    monkeypatch.setattr(ingest.job, "drop_staging", count_then_drop)
     arrow = _ingest(spark, tmp_path, "arrow", CASES[case])
     reference = _ingest(spark, tmp_path, "spark", CASES[case])
     assert arrow == reference
-    # The clean rows were typed by the Arrow reader's tasks (but for the case read again by Spark).
-    assert parts["out-spark"] == 0 and (parts["out-arrow"] > 0) is (case != "latin1_malformed_line")
+    # The clean rows were typed by the Arrow reader's tasks, their parts committed to bronze as
+    # they are (but for the case read again by Spark); Spark's reader goes through its writer.
+    parts = {reader: _committed_parts(tmp_path / f"out-{reader}") for reader in ("arrow", "spark")}
+    assert parts["spark"] == 0 and (parts["arrow"] > 0) is (case != "latin1_malformed_line")
     counts = arrow[0]
     assert counts["rows_in"] == counts["kept"] + counts["rejected"] + counts["filtered_out"]
     assert counts["kept"] > 0 and counts["filtered_out"] > 0
+
+
+@pytest.mark.parametrize("folder", ["my out", "50%25 done"])
+def test_parts_reach_bronze_from_an_output_folder_with_odd_characters(spark, tmp_path, folder):
+    """The tasks write with Python's file system, the commit and the later stages go through
+    Hadoop's: both must mean the same folder (Hadoop takes a path string without URL decoding)."""
+    raw = tmp_path / "raw/icu/chartevents.csv.gz"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(gzip.compress(_text(_rows(30)).encode()))
+    out = tmp_path / folder
+    cfg = IngestConfig(raw=str(tmp_path / "raw"), cxr="", layout="v2", tables=["chartevents"], itemids=WANTED)
+    counts = ingest.run(spark, cfg, str(out))["chartevents"]
+    assert counts["kept"] > 0 and _committed_parts(out) > 0
+    bronze = spark.read.format("delta").load(str(out / "bronze/chartevents"))
+    assert bronze.count() == counts["kept"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["raw", folder])
 
 
 def test_many_batches_count_every_unused_row(spark, tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ from isal.igzip_lib import IsalError
 from spark_jobs.ingest import arrow_typing
 from spark_jobs.ingest.errors import ARROW_CANNOT_READ, PYTHON_INPUT_ERROR
 from spark_jobs.ingest.files import is_compressed
-from spark_jobs.ingest.staging import ARROW_STAGED, CORRUPT, REASON, RECORD, SOURCE, UNUSED, header_names
+from spark_jobs.ingest.staging import ARROW_STAGED, CORRUPT, SOURCE, UNUSED, header_names
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -264,12 +264,14 @@ def _wanted(items: pa.Array, itemids: pa.Array) -> pa.Array:
 
 @dataclass(frozen=True)
 class ArrowStaging:
-    """The task's own share of the staging copy (:mod:`~spark_jobs.ingest.arrow_typing`): the
-    clean rows, typed, go to Parquet parts in ``folder`` (a local path) in the staging table's
-    columns; the other rows go on to Spark."""
+    """The task's own share of the bronze table (:mod:`~spark_jobs.ingest.arrow_typing`): the
+    clean rows, typed, go to Parquet parts in ``folder`` (a local path) in bronze's own columns
+    (the declared ones and ``_source``), which the bronze commit adds to the table as they are
+    (:mod:`spark_jobs.delta_files`); the other rows go on to Spark."""
 
     folder: str
-    logicals: tuple[str, ...]  # of the declared columns, in order
+    names: tuple[str, ...]  # the declared columns, in order
+    logicals: tuple[str, ...]  # their logical types
     required: tuple[bool, ...]  # whether each must be present (the table's required ids)
     rows_per_file: int
 
@@ -278,10 +280,11 @@ class ArrowStaging:
 
         return pa.schema(
             [
-                (REASON, pa.string()),
-                *[(f"__v{i}", arrow_typing.arrow_type(t)) for i, t in enumerate(self.logicals)],
+                *[
+                    (name, arrow_typing.arrow_type(t))
+                    for name, t in zip(self.names, self.logicals, strict=True)
+                ],
                 (SOURCE, pa.string()),
-                (RECORD, pa.string()),
             ]
         )
 
@@ -317,15 +320,12 @@ class _PartWriter:
         self.name = os.path.join(
             self.staging.folder, f"part-{self.file_index:05d}-{self.sequence:05d}.parquet"
         )
-        # Hidden ('.') while written: Spark's reader skips such names. Written once and read once,
-        # like the staging table (no dictionaries); statistics on __reason (all null here) only,
-        # so that the reads of the rejects skip these files.
+        # Hidden ('.') while written: Spark's reader and the bronze commit skip such names.
+        # These become bronze's files: dictionaries, as Spark's writer keeps them for the later
+        # stages' reads; no row-group statistics, since nothing filters bronze's events by them
+        # (their Delta statistics are row counts only, see delta_files).
         self.writer = pq.ParquetWriter(
-            self._partial(),
-            self.schema,
-            compression="snappy",
-            use_dictionary=False,
-            write_statistics=[REASON],
+            self._partial(), self.schema, compression="snappy", write_statistics=False
         )
 
     def _partial(self) -> str:
@@ -518,12 +518,7 @@ class _FileParser:
         n = len(typed[0])
         self.parts.write(
             pa.RecordBatch.from_arrays(
-                [
-                    pa.nulls(n, pa.string()),
-                    *typed,
-                    pa.repeat(pa.scalar(self.source, pa.string()), n),
-                    pa.nulls(n, pa.string()),
-                ],
+                [*typed, pa.repeat(pa.scalar(self.source, pa.string()), n)],
                 schema=self.parts.schema,
             )
         )

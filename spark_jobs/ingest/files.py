@@ -46,6 +46,12 @@ class HadoopFs:
                 out.append(status.getPath().toString())
         return sorted(out)
 
+    def local_path(self, path: str) -> str:
+        """Where the local file system holds ``path`` (a local path or ``file:`` URL) as Spark
+        reads and writes it: Hadoop takes a path string as it is, without URL decoding."""
+        p, fs = self._path(path)
+        return fs.makeQualified(p).toUri().getPath()
+
     def size(self, paths: Sequence[str]) -> int:
         """Bytes in ``paths`` (files), to start the biggest inputs first."""
         total = 0

@@ -181,7 +181,8 @@ def _arrow_staging(
     out: str, table: RawTable, rows_per_file: int, time_zone: str = "UTC"
 ) -> arrow_csv.ArrowStaging | None:
     """What the Arrow reader's tasks stage themselves: the clean rows, typed (arrow_typing), to
-    Parquet parts beside the staging table. None when ``out`` is not a local path (the tasks
+    Parquet parts in bronze's columns beside the staging table, which the bronze commit adds to
+    the table as they are. None when ``out`` is not a local path (the tasks
     write with the local file system) or Spark's session time zone is not UTC (Arrow reads a
     raw time as UTC; Spark as a time of its session's zone): then all rows go on to Spark."""
     if urlparse(out).scheme not in arrow_csv.LOCAL_SCHEMES or time_zone != "UTC":
@@ -189,6 +190,7 @@ def _arrow_staging(
     required = set(required_ids(table))
     return arrow_csv.ArrowStaging(
         folder=arrow_csv.local_path(arrow_parts_path(out, table.name)),
+        names=tuple(table.column_names),
         logicals=tuple(logical for _, logical in table.columns),
         required=tuple(c in required for c in table.column_names),
         rows_per_file=rows_per_file,
@@ -226,7 +228,9 @@ def run(
     their reason (:func:`stage_rows`), go to a staging table ``bronze/_staging/<table>`` (an
     input under 64 MB: to Spark's cache, memory spilling to disk); kept rows, counts and
     quarantine are cheap columnar reads of that copy, which is dropped at the end (also when
-    the run fails). All inputs are located and their headers checked before the
+    the run fails). The clean rows the Arrow reader's tasks typed themselves are Parquet files
+    in bronze's columns already: the bronze commit moves them into the table as they are
+    (:mod:`spark_jobs.delta_files`). All inputs are located and their headers checked before the
     first write, and all of them are read before the first bronze table is touched, so a
     damaged input leaves the whole bronze layer as it was. Each table is replaced atomically
     (Delta overwrite; the quarantine by ``replaceWhere`` on the tables of this run), so a re-run
@@ -249,7 +253,9 @@ def run(
         staged = in_parallel(
             spark, [partial(_stage, spark, cfg, p, out, metadata, layout) for p in by_size], workers, WHAT
         )
+        # A plan that gave way to Spark's reader is replaced by the one that staged the table.
         plans = [next(s for s in staged if s.name == p.name) for p in plans]
+        by_size = sorted(plans, key=lambda p: -p.size)
         staged_counts = count_staged(spark, plans, out)
         for name, (c, by_reason) in staged_counts.items():
             log.info("ingest %s: %s; rejected by reason: %s", name, c, by_reason)

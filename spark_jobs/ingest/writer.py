@@ -39,7 +39,7 @@ def staging_path(out: str, table: str) -> str:
 
 def arrow_parts_path(out: str, table: str) -> str:
     """Where the Arrow reader's tasks write the clean rows they typed themselves (Parquet parts
-    in the staging table's columns, see ``arrow_typing``); read as part of the staging copy."""
+    in bronze's columns, see ``arrow_typing``), to be moved into the bronze table."""
     return join(out, f"bronze/{STAGING}/{table}.arrow")
 
 
@@ -120,14 +120,11 @@ def write_staging(spark: SparkSession, plan: Plan, out: str, metadata: Mapping[s
 
 
 def _read_staged(spark: SparkSession, out: str, plan: Plan) -> DataFrame:
+    """The rows the staging step typed and tagged (the Arrow reader's parts hold clean rows
+    only, in bronze's columns: they are not part of it)."""
     if plan.in_memory:
         return plan.staged  # persisted by the staging step
-    staged = delta_io.read_table(spark, staging_path(out, plan.name))
-    if not _arrow_staged(plan):
-        return staged
-    # The staged frame's schema: the parts hold the same columns, typed by Arrow.
-    parts = spark.read.schema(plan.staged.schema).parquet(arrow_parts_path(out, plan.name))
-    return staged.unionByName(parts)
+    return delta_io.read_table(spark, staging_path(out, plan.name))
 
 
 def _arrow_staged(plan: Plan) -> int:
@@ -188,12 +185,39 @@ def write_bronze(
     is really in the table)."""
     start = time.monotonic()
     kept = unstage(_read_staged(spark, out, plan), plan.table).kept
-    written = delta_io.write_table(kept, bronze_path(out, plan.name), dict(metadata))
+    if plan.arrow_parts:
+        written = _commit_parts(spark, plan, out, kept, expected["kept"] - _arrow_staged(plan), metadata)
+    else:
+        written = delta_io.write_table(kept, bronze_path(out, plan.name), dict(metadata))
     if written != expected["kept"]:
         raise IngestError(
             f"bookkeeping does not add up for {plan.name}: {dict(expected)}, but {written} rows written"
         )
     log.info("ingest %s: bronze table written in %.1fs", plan.name, time.monotonic() - start)
+
+
+def _commit_parts(
+    spark: SparkSession, plan: Plan, out: str, kept: DataFrame, spark_kept: int, metadata: Mapping[str, Any]
+) -> int:
+    """Bronze made of the Arrow reader's parts as they are, plus the ``spark_kept`` rows that
+    Spark typed (written as Parquet beside the parts), in one commit; the rows committed."""
+    from spark_jobs import delta_files
+    from spark_jobs.ingest.arrow_csv import local_path
+
+    log.info(
+        "ingest %s: %d kept rows typed by Arrow, %d by Spark", plan.name, _arrow_staged(plan), spark_kept
+    )
+    fs = HadoopFs(spark)
+    # The folder the tasks wrote to (ingest.job._arrow_staging), and Spark's own for its rows.
+    folders = [local_path(arrow_parts_path(out, plan.name))]
+    if spark_kept:
+        typed_by_spark = join(arrow_parts_path(out, plan.name), "spark")
+        kept.write.mode("overwrite").parquet(typed_by_spark)
+        folders.append(fs.local_path(typed_by_spark))
+    table = bronze_path(out, plan.name)
+    return delta_files.replace_with_files(
+        spark, table, fs.local_path(table), folders, kept.schema, dict(metadata)
+    )
 
 
 def write_quarantine(
