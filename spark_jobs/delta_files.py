@@ -1,12 +1,12 @@
 """Parquet files written outside a Delta write made a Delta table's new version, as they are.
 
 The Arrow reader's tasks write the clean rows of the raw events as Parquet files in bronze's own
-columns; writing them again through Spark's Delta writer, only to get a commit, was the largest
-step left after the parse (BENCHMARKS.md). :func:`replace_with_files` moves such files into the
-table's folder and replaces the table's content by them in one commit of Delta's transaction
-API (the public API has no "add these files"): the same atomic overwrite as
-:func:`spark_jobs.delta_io.write_table` (a failed run leaves the previous version current and
-readable), with its commit metadata, table properties and ``numOutputRows`` metric.
+columns; reading and writing them again through Spark's Delta writer would only be there to get
+a commit. :func:`replace_with_files` moves such files into the table's folder and replaces the
+table's content by them in one commit of Delta's transaction API (the public API has no "add
+these files"): the same atomic overwrite as :func:`spark_jobs.delta_io.write_table` (a failed
+run leaves the previous version current and readable), with its commit metadata, table
+properties and ``numOutputRows`` metric.
 
 Delta's transaction classes are internal Scala, reached through py4j; the project pins
 delta-spark, and ``tests/test_delta_files.py`` checks every piece used here against it.

@@ -1,6 +1,7 @@
 """Writing bronze: staging copies, bronze tables and the quarantine, several tables at a time.
 
-Every write goes through :mod:`spark_jobs.delta_io`, so each commit carries the run's
+Every write goes through :mod:`spark_jobs.delta_io` (the Arrow reader's parts, committed as
+they are, through :mod:`spark_jobs.delta_files`), so each commit carries the run's
 ``userMetadata`` like the commits of the other stages.
 """
 
