@@ -53,33 +53,34 @@ def parquet_files(folder: str) -> list[str]:
     return sorted(found)
 
 
-def check_columns(files: Sequence[str], schema: StructType) -> None:
-    """Raise ValueError unless every file holds exactly ``schema``'s columns, by name."""
+def footer_rows(files: Sequence[str], schema: StructType) -> list[int]:
+    """The rows of each file, from its footer; ValueError unless every file holds exactly
+    ``schema``'s columns, by name (checked before anything moves)."""
     import pyarrow.parquet as pq
 
     wanted = [f.name for f in schema.fields]
+    rows = []
     for path in files:
-        found = pq.read_schema(path).names
+        meta = pq.read_metadata(path)
+        found = meta.schema.to_arrow_schema().names
         if sorted(found) != sorted(wanted):
             raise ValueError(f"{path} holds columns {found}, the table {wanted}")
+        rows.append(meta.num_rows)
+    return rows
 
 
-def move_into(table_folder: str, files: Sequence[str]) -> list[DataFile]:
+def move_into(table_folder: str, files: Sequence[str], rows: Sequence[int], moved: list[DataFile]) -> None:
     """Move ``files`` (same file system) into ``table_folder`` under names no other write of the
-    table uses, and describe them; their rows are read from each file's footer."""
-    import pyarrow.parquet as pq
-
+    table uses, appending each to ``moved`` as soon as it is there (so that a caller can take
+    them back out after a failure half-way)."""
     os.makedirs(table_folder, exist_ok=True)
     token = uuid.uuid4().hex
-    moved = []
-    for i, source in enumerate(files):
+    for i, (source, n) in enumerate(zip(files, rows, strict=True)):
         name = f"part-{i:05d}-{token}.parquet"
-        rows = pq.read_metadata(source).num_rows
         target = os.path.join(table_folder, name)
         os.replace(source, target)
         stat = os.stat(target)
-        moved.append(DataFile(name, stat.st_size, int(stat.st_mtime * 1000), rows))
-    return moved
+        moved.append(DataFile(name, stat.st_size, int(stat.st_mtime * 1000), n))
 
 
 class _Scala:
@@ -234,10 +235,12 @@ def replace_with_files(
     not copied: the same file system), in one commit; return its rows. The files must hold
     ``schema``'s columns by name. Files moved before a failed commit are removed again (they
     were never part of the table)."""
+    # A set: one source folder may hold another (Spark's rows beside the Arrow reader's parts).
     files = sorted({f for folder in sources for f in parquet_files(folder)})
-    check_columns(files, schema)
-    moved = move_into(local_folder, files)
+    rows = footer_rows(files, schema)
+    moved: list[DataFile] = []
     try:
+        move_into(local_folder, files, rows, moved)
         return commit_files(spark, path, moved, schema, metadata)
     except BaseException:
         for f in moved:

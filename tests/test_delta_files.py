@@ -177,3 +177,26 @@ def test_column_mapped_tables_are_refused(spark, tmp_path):
             spark, str(path), str(path), [str(tmp_path / "parts")], spark_schema(), {}
         )
     assert read_back(spark, path) == [(1, "a")]
+
+
+def test_a_move_that_fails_half_way_takes_the_moved_files_back_out(spark, tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "t"
+    delta_io.write_table(spark.createDataFrame([(1, None, "a")], spark_schema()), str(path), {})
+    before = sorted(p.name for p in path.iterdir())
+    write_parts(tmp_path / "parts", [3, 2, 4])
+    real, calls = os.replace, []
+
+    def full_on_the_second(source, target):
+        calls.append(source)
+        if len(calls) == 2:
+            raise OSError("no space left on device")
+        real(source, target)
+
+    monkeypatch.setattr(delta_files.os, "replace", full_on_the_second)
+    with pytest.raises(OSError, match="no space"):
+        replace(spark, path, [tmp_path / "parts"])
+    monkeypatch.undo()
+    assert sorted(p.name for p in path.iterdir()) == before
+    assert read_back(spark, path) == [(1, "a")]
