@@ -178,7 +178,7 @@ def _committed_parts(out: Path) -> int:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_arrow_reader_gives_what_the_spark_reader_gives(spark, tmp_path, case, monkeypatch):
+def test_arrow_reader_gives_what_the_spark_reader_gives(spark, tmp_path, case):
     arrow = _ingest(spark, tmp_path, "arrow", CASES[case])
     reference = _ingest(spark, tmp_path, "spark", CASES[case])
     assert arrow == reference
