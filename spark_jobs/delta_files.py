@@ -116,9 +116,8 @@ def _configuration(scala: _Scala, metadata) -> dict[str, str]:
 
 
 def _new_metadata(scala: _Scala, actions, schema_json: str, properties: dict[str, str], current=None):
-    """The table's ``Metadata`` with ``schema_json`` and ``properties`` (over ``current``'s, whose
-    id, name and creation time it keeps), unpartitioned, as an overwrite with a new schema
-    leaves it."""
+    """The table's ``Metadata`` with ``schema_json`` and ``properties`` (keeping ``current``'s
+    id, name and creation time), unpartitioned, as an overwrite with a new schema leaves it."""
     if current is None:
         return actions.Metadata.apply(
             str(uuid.uuid4()),
@@ -137,7 +136,7 @@ def _new_metadata(scala: _Scala, actions, schema_json: str, properties: dict[str
         current.format(),
         schema_json,
         scala.seq([]),
-        scala.map({**_configuration(scala, current), **properties}),
+        scala.map(properties),
         current.createdTime(),
     )
 
@@ -156,7 +155,7 @@ def _metadata_update(scala: _Scala, actions, txn, schema: StructType, properties
     same_schema = StructType.fromJson(json.loads(current.schemaString())) == schema
     if same_schema and all(config.get(k) == v for k, v in properties.items()):
         return None
-    return _new_metadata(scala, actions, schema.json(), properties, current)
+    return _new_metadata(scala, actions, schema.json(), {**config, **properties}, current)
 
 
 def _nullable(schema: StructType) -> StructType:

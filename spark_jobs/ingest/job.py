@@ -172,9 +172,8 @@ def _plan(spark: SparkSession, cfg: IngestConfig, name: str, layout: str, out: s
         raw, rows_per_file = raw.repartition(partitions) if partitions > 1 else raw, 0
     staged, tally = tallied(stage_rows(raw, table))
     in_memory = not filtered and size < _IN_MEMORY_MAX_BYTES
-    return Plan(
-        name, table, loc, size, staged, unused, rows_per_file, tally, in_memory, arrow_staging is not None
-    )
+    parts = arrow_staging.folder if arrow_staging else ""
+    return Plan(name, table, loc, size, staged, unused, rows_per_file, tally, in_memory, parts)
 
 
 def _arrow_staging(

@@ -61,9 +61,9 @@ class Plan(NamedTuple):
     # True: a small input, staged in Spark's cache (memory, spilling to disk) instead of a staging
     # Delta table: a table write, its commit and a read back cost more than its rows.
     in_memory: bool = False
-    # True: the Arrow reader's tasks stage the clean rows themselves (arrow_parts_path); their
-    # count is the ARROW_STAGED metric of ``unused``.
-    arrow_parts: bool = False
+    # The local folder where the Arrow reader's tasks stage the clean rows themselves, in
+    # bronze's columns ("": none); their count is the ARROW_STAGED metric of ``unused``.
+    arrow_parts: str = ""
 
 
 def tallied(staged: DataFrame) -> tuple[DataFrame, Observation]:
@@ -203,14 +203,13 @@ def _commit_parts(
     """Bronze made of the Arrow reader's parts as they are, plus the ``spark_kept`` rows that
     Spark typed (written as Parquet beside the parts), in one commit; the rows committed."""
     from spark_jobs import delta_files
-    from spark_jobs.ingest.arrow_csv import local_path
 
     log.info(
         "ingest %s: %d kept rows typed by Arrow, %d by Spark", plan.name, _arrow_staged(plan), spark_kept
     )
     fs = HadoopFs(spark)
-    # The folder the tasks wrote to (ingest.job._arrow_staging), and Spark's own for its rows.
-    folders = [local_path(arrow_parts_path(out, plan.name))]
+    # The folder the tasks wrote to, and Spark's own for its rows.
+    folders = [plan.arrow_parts]
     if spark_kept:
         typed_by_spark = join(arrow_parts_path(out, plan.name), "spark")
         kept.write.mode("overwrite").parquet(typed_by_spark)
