@@ -31,7 +31,7 @@ from spark_jobs.events import EventsConfig, build_events
 from spark_jobs.normalizer import NormalizerConfig, build_normalizer
 from spark_jobs.parallel import in_parallel
 from spark_jobs.quality import Checked
-from spark_jobs.session import SparkConfig, build_spark
+from spark_jobs.session import SparkConfig, build_spark, sql_conf_unless_set
 from spark_jobs.tasks import TasksConfig, build_samples, first_event_hours, sample_windows
 from spark_jobs.timeseries import check_events, discretize, discretize_windows
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medmod.etl")
 STAGES = ("ingest", "cohort", "events", "cxr", "timeseries", "tasks", "normalizer")
+CACHE_COMPRESSED = "spark.sql.inMemoryColumnarStorage.compressed"
 
 
 @dataclass
@@ -214,9 +215,13 @@ class Pipeline:
 
     def events(self) -> None:
         chart, lab = self.read("bronze", "chartevents"), self.read("bronze", "labevents")
-        checked = build_events(chart, lab, self.read("silver", "stays"), self.cfg.events, persist=True)
         rows_in = self.count("bronze", "chartevents") + self.count("bronze", "labevents")
-        self.checked_stage("events", "silver", "events", checked, rows_in, self.cfg.events)
+        # The ranked events both halves are written from stay in Spark's cache between the two
+        # writes: cached as they are, not compressed column by column, which costs more than
+        # the memory it saves (BENCHMARKS.md).
+        with sql_conf_unless_set(self.spark, CACHE_COMPRESSED, "false"):
+            checked = build_events(chart, lab, self.read("silver", "stays"), self.cfg.events, persist=True)
+            self.checked_stage("events", "silver", "events", checked, rows_in, self.cfg.events)
 
     def cxr(self) -> None:
         checked = build_cxr(

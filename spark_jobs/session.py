@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +177,25 @@ def build_spark(cfg: SparkConfig | None = None):
     archive = mapped_class_archive(spark) or "none"
     log.info("spark %s master=%s class archive %s", spark.version, spark.sparkContext.master, archive)
     return spark
+
+
+@contextmanager
+def sql_conf_unless_set(spark, key: str, value: str) -> Iterator[None]:
+    """Run the block with SQL setting ``key`` = ``value``, then put the previous value back
+    (also when the block fails). A value the session was started with (``spark.extra``, or
+    spark-submit's ``--conf``) wins: the block then runs with it, untouched."""
+    if spark.sparkContext.getConf().contains(key):
+        yield
+        return
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 def _vm_option(spark, name: str) -> str:

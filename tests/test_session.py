@@ -109,3 +109,57 @@ def test_a_driver_without_the_jit_option_splits_generated_code():
         "-Dmedmod.test=1", "compiles_huge_methods(spark), spark.conf.get('spark.sql.codegen.hugeMethodLimit')"
     )
     assert result == "False 8000"
+
+
+CACHE_COMPRESSED = "spark.sql.inMemoryColumnarStorage.compressed"
+
+
+def _cached_bytes(spark, df) -> int:
+    """Bytes in memory of ``df`` cached (materialized by a count), then released."""
+    df = df.persist()
+    df.count()
+    infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
+    size = sum(info.memSize() for info in infos)
+    df.unpersist(blocking=True)
+    return size
+
+
+def test_a_setting_holds_inside_the_block_only(spark):
+    from spark_jobs.session import sql_conf_unless_set
+
+    assert spark.conf.get(CACHE_COMPRESSED) == "true"
+    with sql_conf_unless_set(spark, CACHE_COMPRESSED, "false"):
+        assert spark.conf.get(CACHE_COMPRESSED) == "false"
+    assert spark.conf.get(CACHE_COMPRESSED) == "true"
+    key = "spark.sql.files.maxRecordsPerFile"  # not among the session's starting settings
+    spark.conf.set(key, "3")
+    with pytest.raises(RuntimeError, match="boom"):
+        with sql_conf_unless_set(spark, key, "7"):
+            assert spark.conf.get(key) == "7"
+            raise RuntimeError("boom")
+    assert spark.conf.get(key) == "3"
+    spark.conf.unset(key)
+
+
+def test_a_setting_the_session_started_with_wins(spark):
+    from spark_jobs.session import sql_conf_unless_set
+
+    key = "spark.sql.session.timeZone"  # given to the builder by spark_conf
+    assert spark.sparkContext.getConf().contains(key)
+    with sql_conf_unless_set(spark, key, "Europe/Paris"):
+        assert spark.conf.get(key) == "UTC"
+    assert spark.conf.get(key) == "UTC"
+
+
+def test_a_cache_filled_inside_the_block_is_not_compressed(spark):
+    """The events stage relies on Spark reading the setting when the cache is filled, not when
+    the process starts: an uncompressed cache of repetitive columns is several times larger."""
+    from spark_jobs.session import sql_conf_unless_set
+
+    def frame():
+        return spark.range(200_000).selectExpr("id % 3 AS k", "'the same text' AS s")
+
+    compressed = _cached_bytes(spark, frame())
+    with sql_conf_unless_set(spark, CACHE_COMPRESSED, "false"):
+        plain = _cached_bytes(spark, frame())
+    assert plain > 3 * compressed > 0
