@@ -115,11 +115,16 @@ CACHE_COMPRESSED = "spark.sql.inMemoryColumnarStorage.compressed"
 
 
 def _cached_bytes(spark, df) -> int:
-    """Bytes in memory of ``df`` cached (materialized by a count), then released."""
+    """Bytes in memory of ``df`` cached (materialized by a count), then released; what other
+    tests of the shared session left cached is not counted."""
+
+    def in_memory() -> int:
+        return sum(info.memSize() for info in spark.sparkContext._jsc.sc().getRDDStorageInfo())
+
+    before = in_memory()
     df = df.persist()
     df.count()
-    infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
-    size = sum(info.memSize() for info in infos)
+    size = in_memory() - before
     df.unpersist(blocking=True)
     return size
 
